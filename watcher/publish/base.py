@@ -1,0 +1,74 @@
+"""The backend plug-in interface. Adding a tracker = one module defining a ``Backend`` subclass
+(plus its ``Settings`` model) and its tests; nothing in the pipeline changes.
+
+A backend is found by the ``tracker.backend`` name: built-ins in ``watcher.publish.BUILTIN``,
+others through the ``watcher.backends`` entry-point group."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from ..model import Job, TrackerRef
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..journal.base import Journal
+
+
+class BackendSettings(BaseModel):
+    """Base of each backend's settings (the ``tracker:`` section minus ``backend``).
+    Unknown keys are errors so that a typo never silently falls back to a default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class BackendContext:
+    """What the service gives a backend besides its settings."""
+
+    journal: "Journal"
+    config_dir: Path  # relative paths in the tracker section resolve against it
+    roots: dict[str, Path]  # root name -> absolute path (for local storages, unmanaged locations)
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    ok: bool
+    what: str  # "credentials", "project 'My Show'", "publish type 'Rendered Image'"...
+    detail: str = ""
+
+    def __str__(self) -> str:
+        return f"{'ok  ' if self.ok else 'FAIL'} {self.what}{': ' + self.detail if self.detail else ''}"
+
+
+class Backend(ABC):
+    """One tracker. Instances are shared by the publisher workers: ``publish`` must be
+    thread-safe (keep per-thread HTTP sessions or lock around shared caches)."""
+
+    name: ClassVar[str]
+    Settings: ClassVar[type[BackendSettings]] = BackendSettings
+
+    def __init__(self, settings: Any, context: BackendContext) -> None:
+        self.settings = settings
+        self.context = context
+
+    @abstractmethod
+    def publish(self, job: Job) -> TrackerRef:
+        """Register ``job.publish``. Raise ``RetryableError`` for transient failures and
+        ``PermanentError`` (with the tracker's own words) for refusals. Must never create a
+        second record for the same publish: when ``job.uncertain``, find before create."""
+
+    def check(self) -> list[CheckResult]:
+        """Verify credentials and what the configuration names (``watcher check``)."""
+        return [CheckResult(True, f"backend {self.name}", "nothing to check")]
+
+    def serialize_key(self, job: Job) -> str:
+        """Publishes with the same serialize key never run concurrently (Kitsu needs this
+        because the server checks duplicates only in Python). Default: the idempotency key."""
+        return job.publish.key
+
+    def close(self) -> None:
+        """Release sessions and connections."""
