@@ -1,0 +1,120 @@
+"""Group matched files into candidates: the frames of one sequence (same root, template and
+fields except the frame key, same padding) are ONE candidate; any other file is a candidate of
+one. A candidate becomes a ``Publish`` once it has settled."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from fileseq import FrameSet
+
+from .model import Entity, Publish
+
+
+@dataclass(slots=True)
+class FileState:
+    path: str
+    frame: int | None
+    size: int = -1
+    mtime_ns: int = 0
+    changed_at: float = 0.0  # monotonic: last change we know of (event time or mtime age)
+    checked_at: float = float("-inf")  # monotonic: last stat
+    open: bool = False  # a real "created" with no "closed" yet: the writer may still hold it
+
+
+@dataclass(frozen=True)
+class RootScope:
+    """What the pipeline knows of a root when building publishes."""
+
+    name: str
+    path: str
+    project: str | None = None
+    entity: Entity | None = None
+
+
+@dataclass
+class Candidate:
+    key: str
+    scope: RootScope
+    match: Any  # watcher.match.Match of the first file seen
+    files: dict[str, FileState] = field(default_factory=dict)
+    last_arrival: float = 0.0  # monotonic: when the newest member joined (sequence quiet window)
+    deadline: float = 0.0
+
+    @property
+    def is_sequence(self) -> bool:
+        return self.match.frame_key is not None and self.match.frame is not None
+
+
+def candidate_key(root: str, match: Any) -> str:
+    """The idempotency key: root, template, typed fields without the frame (version included),
+    and, for sequences, the padding (``%04d`` and ``%d`` are different sequences)."""
+    fields = {k: v for k, v in match.fields.items() if k != match.frame_key}
+    key = f"{root}:{match.template}:{json.dumps(fields, sort_keys=True, default=str, ensure_ascii=False)}"
+    if match.frame_key is not None and match.frame is not None:
+        key += f":%0{match.padding}d" if match.padding else ":%d"
+    return key
+
+
+def frame_ranges(frames: list[int]) -> tuple[str, str | None]:
+    """(range, holes): ``[1001, 1002, 1004]`` -> ``("1001-1004", "1003")``."""
+    lo, hi = min(frames), max(frames)
+    full = str(lo) if lo == hi else str(FrameSet.from_range(lo, hi).frange)
+    if len(frames) == hi - lo + 1:
+        return full, None
+    holes = FrameSet.from_iterable(sorted(set(range(lo, hi + 1)) - set(frames)))
+    return full, str(holes.frange)
+
+
+def build_publish(cand: Candidate, *, key: str | None = None, version: int | None = None,
+                  extra_files: dict[str, tuple[int, int]] | None = None) -> Publish:
+    """The Publish for a settled candidate. ``extra_files`` (path -> (size, mtime_ns)) adds
+    members published earlier (a sequence extended under ``republish: update``)."""
+    m = cand.match
+    spec = m.publish
+    fields = {k: v for k, v in m.fields.items() if k != m.frame_key}
+    members: dict[str, tuple[int | None, int, int]] = {
+        p: (f.frame, f.size, f.mtime_ns) for p, f in cand.files.items()}
+    for p, (size, mtime_ns) in (extra_files or {}).items():
+        if p not in members:
+            members[p] = (_frame_of(m, cand.scope.path, p), size, mtime_ns)
+    size = sum(v[1] for v in members.values())
+    mtime = max(v[2] for v in members.values()) / 1e9
+    path = os.path.join(cand.scope.path, m.pattern)
+    frames = missing = None
+    count = 1
+    if cand.is_sequence:
+        nums = [v[0] for v in members.values() if v[0] is not None]
+        frames, missing = frame_ranges(nums)
+        count = len(nums)
+    else:
+        path = next(iter(members))
+    entity = cand.scope.entity or (Entity(spec.entity_type, str(spec.entity_name))
+                                   if spec.entity_type and spec.entity_name is not None else None)
+    return Publish(
+        key=key or cand.key, root=cand.scope.name, root_path=cand.scope.path, template=m.template, path=path,
+        name=spec.name, publish_type=spec.publish_type,
+        version=version if version is not None else spec.version,
+        entity=entity, task=spec.task, project=cand.scope.project or spec.project,
+        frames=frames, missing_frames=missing, frame_count=count,
+        padding=m.padding if cand.is_sequence else 0, size=size, mtime=mtime,
+        fields=fields,
+    )
+
+
+def _frame_of(match: Any, root_path: str, path: str) -> int | None:
+    """Frame number of another member of the same sequence, from the pattern's fixed parts."""
+    pattern = os.path.join(root_path, match.pattern)
+    token_at = pattern.find("%")
+    if token_at < 0:
+        return None
+    token_end = pattern.index("d", token_at) + 1
+    prefix, suffix = pattern[:token_at], pattern[token_end:]
+    if not (path.startswith(prefix) and path.endswith(suffix)):
+        return None
+    try:
+        return int(path[len(prefix):len(path) - len(suffix)])
+    except ValueError:
+        return None

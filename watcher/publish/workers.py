@@ -1,0 +1,162 @@
+"""Publisher workers: a bounded pool that claims due rows from the journal, hands them to the
+backend and records the outcome. Each outcome is one guarded journal transition, so a crash at
+any point leaves a row that the next start resumes (``publishing`` rows come back
+``uncertain`` and the backend looks before it creates)."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from typing import Callable
+
+from ..errors import PermanentError, PublishError
+from ..journal.base import Journal, Row, TransitionError
+from ..model import Job
+from .base import Backend
+from .retry import backoff_delay
+
+log = logging.getLogger("watcher.publish")
+
+
+class Publishers:
+    def __init__(self, journal: Journal, backend: Backend, agent: str, *, workers: int = 4, max_attempts: int = 8,
+                 retry_base: float = 2.0, retry_cap: float = 600.0, lease_seconds: float = 900.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.journal, self.backend, self.agent = journal, backend, agent
+        self.max_attempts, self.retry_base, self.retry_cap = max_attempts, retry_base, retry_cap
+        self.lease_seconds = lease_seconds
+        self._clock = clock
+        self._cv = threading.Condition()
+        self._halt = False
+        self._inflight: dict[int, str] = {}  # row id -> serialize key
+        self._serial: Counter[str] = Counter()
+        self.published = 0
+        self.failed = 0
+        self.threads = [threading.Thread(target=self._run, name=f"publisher-{i}", daemon=True) for i in range(workers)]
+
+    def start(self) -> None:
+        for t in self.threads:
+            t.start()
+
+    def wake(self) -> None:
+        with self._cv:
+            self._cv.notify_all()
+
+    @property
+    def busy(self) -> int:
+        with self._cv:
+            return len(self._inflight)
+
+    def stop(self, grace: float) -> list[int]:
+        """Stop claiming; give in-flight publishes ``grace`` seconds, then park the rest as
+        pending/uncertain (the next start looks before it creates). Returns parked ids."""
+        with self._cv:
+            self._halt = True
+            self._cv.notify_all()
+        deadline = time.monotonic() + grace
+        for t in self.threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        parked = []
+        with self._cv:
+            stuck = list(self._inflight)
+        for row_id in stuck:
+            try:
+                self.journal.release(row_id, self.agent)
+                parked.append(row_id)
+            except TransitionError:
+                pass  # it finished after all
+        if parked:
+            log.warning("shutdown: %d publish(es) still running after %.0f s, parked for the next start: %s",
+                        len(parked), grace, parked)
+        return parked
+
+    # -- worker ------------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                if self._halt:
+                    return
+            try:
+                row = self.journal.claim(self.agent, self._clock(), self.lease_seconds)
+            except Exception:
+                log.exception("journal: claim failed; retrying in 5 s")
+                row = None
+                with self._cv:
+                    self._cv.wait(5)
+                continue
+            if row is None:
+                self._idle_wait()
+                continue
+            job = self._job(row)
+            skey = self.backend.serialize_key(job)
+            with self._cv:
+                while skey in self._serial and not self._halt:
+                    self._cv.wait(0.5)  # another worker publishes the same tracker key: wait for it
+                self._serial[skey] += 1
+                self._inflight[row.id] = skey
+            try:
+                self._publish(row, job)
+            finally:
+                with self._cv:
+                    self._inflight.pop(row.id, None)
+                    self._serial[skey] -= 1
+                    if self._serial[skey] <= 0:
+                        del self._serial[skey]
+                    self._cv.notify_all()
+
+    def _idle_wait(self) -> None:
+        due = self.journal.next_due()
+        wait = 2.0 if due is None else min(2.0, max(0.01, due - self._clock()))
+        with self._cv:
+            if not self._halt:
+                self._cv.wait(wait)
+
+    def _job(self, row: Row) -> Job:
+        return Job(id=row.id, publish=row.publish, attempts=row.attempts, uncertain=row.uncertain,
+                   state=dict(row.state), save_state=lambda st, rid=row.id: self.journal.save_state(rid, st))
+
+    def _publish(self, row: Row, job: Job) -> None:
+        p = row.publish
+        t0 = time.monotonic()
+        try:
+            ref = self.backend.publish(job)
+        except PublishError as exc:
+            self._failed(row, exc)
+            return
+        except Exception as exc:  # a backend bug: keep the row, retry later, show the error
+            log.exception("publish %s: unexpected error in backend %s", p.path, self.backend.name)
+            self._failed(row, PublishError(f"{type(exc).__name__}: {exc}"), retryable=True)
+            return
+        try:
+            self.journal.published(row.id, self.agent, self.backend.name, ref)
+        except TransitionError:
+            log.warning("publish %s: row %d was parked meanwhile; the next attempt will find %s %s",
+                        p.path, row.id, self.backend.name, ref.id)
+            return
+        self.published += 1
+        latency = max(0.0, time.time() - p.mtime) if p.mtime else 0.0
+        ent = f"{p.entity.type} {p.entity.name}" if p.entity else "-"
+        log.info("published %s%s %s v%s as %s %s (%.0f ms after last write, %.0f ms in tracker)",
+                 p.path, f" [{p.frames}]" if p.frames else "", ent, p.version if p.version is not None else "-",
+                 self.backend.name, ref.id, latency * 1000, (time.monotonic() - t0) * 1000,
+                 extra={"publish": {"id": row.id, "path": p.path, "frames": p.frames, "entity": ent,
+                                    "version": p.version, "tracker_id": ref.id, "latency_ms": round(latency * 1000)}})
+
+    def _failed(self, row: Row, exc: PublishError, *, retryable: bool | None = None) -> None:
+        retry = exc.retryable if retryable is None else retryable
+        attempts = row.attempts + 1
+        try:
+            if retry and attempts < self.max_attempts:
+                delay = backoff_delay(attempts - 1, base=self.retry_base, cap=self.retry_cap, retry_after=exc.retry_after)
+                self.journal.retry_later(row.id, self.agent, exc.message, self._clock() + delay)
+                log.warning("publish %s: %s (attempt %d of %d; next in %.0f s)", row.publish.path, exc.message,
+                            attempts, self.max_attempts, delay)
+            else:
+                self.journal.fail(row.id, self.agent, exc.message)
+                self.failed += 1
+                why = "refused" if isinstance(exc, PermanentError) else f"gave up after {attempts} attempts"
+                log.error("publish %s: %s: %s (parked as failed; `watcher retry %d` once fixed)",
+                          row.publish.path, why, exc.message, row.id)
+        except TransitionError:
+            log.warning("publish %s: row %d was parked meanwhile", row.publish.path, row.id)

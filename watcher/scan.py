@@ -1,0 +1,161 @@
+"""Walk a root fast: ``os.scandir`` with no stat for what the journal already knows (a stat per
+file costs 6-7x the walk itself on a million files). Yields what the pipeline must look at."""
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+from .ignore import Ignorer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ScanStats:
+    dirs: int = 0
+    files: int = 0
+    known: int = 0  # skipped: already in the journal
+    errors: int = 0
+
+
+def walk(root: str, ignorer: Ignorer, known: Callable[[str], dict[str, tuple[int, int, int]]],
+         stats: ScanStats, *, start: str | None = None,
+         stopped: Callable[[], bool] = lambda: False) -> Iterator[str]:
+    """Yield absolute paths of files below ``start`` (default: the root) that the journal does
+    not know. Unreadable directories are reported once each and skipped; the rest goes on.
+    Symlinked directories are never followed (their targets may be outside the root)."""
+    stack = [start or root]
+    base = len(root.rstrip("/")) + 1
+    while stack:
+        if stopped():
+            return
+        d = stack.pop()
+        try:
+            it = os.scandir(d)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            stats.errors += 1
+            log.warning("scan: cannot read %s: %s (skipped; fix its permissions to have it published)",
+                        d, exc.strerror or exc)
+            continue
+        stats.dirs += 1
+        seen = known(d)
+        with it:
+            for entry in it:
+                rel = entry.path[base:]
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        if not ignorer.ignored_dir(rel):
+                            stack.append(entry.path)
+                        continue
+                except OSError:
+                    continue
+                if ignorer.ignored(rel):
+                    continue
+                stats.files += 1
+                if entry.name in seen:
+                    stats.known += 1
+                    continue
+                yield entry.path
+
+
+class Scanner(threading.Thread):
+    """Owns every walk: start-up scans, rescans after an overflow or observer trouble, new
+    directories. Requests are deduplicated: a pending whole-root scan makes pending directory
+    scans of that root redundant. Paths go to the pipeline queue with a blocking put, so a huge
+    tree never floods memory."""
+
+    def __init__(self, out: "queue.Queue", known: Callable[[str], dict[str, tuple[int, int, int]]],
+                 make_event: Callable[[str, str], object]) -> None:
+        super().__init__(name="scanner", daemon=True)
+        self.out = out
+        self.known = known
+        self.make_event = make_event
+        self._roots: dict[str, tuple[str, Ignorer]] = {}
+        self._pending: dict[str, set[str] | None] = {}  # root -> dirs to scan, None = whole root
+        self._cv = threading.Condition()
+        self._halt = False
+        self.busy = False
+        self.stats: dict[str, ScanStats] = {}
+        self.scans: dict[str, int] = {}
+
+    def add_root(self, name: str, path: str, ignorer: Ignorer) -> None:
+        self._roots[name] = (path.rstrip("/"), ignorer)
+
+    def request(self, root: str, directory: str | None = None) -> None:
+        with self._cv:
+            if directory is None:
+                self._pending[root] = None
+            elif root not in self._pending:
+                self._pending[root] = {directory}
+            elif self._pending[root] is not None:
+                self._pending[root].add(directory)  # type: ignore[union-attr]
+            self._cv.notify()
+
+    def idle(self) -> bool:
+        with self._cv:
+            return not self._pending and not self.busy
+
+    def stop(self) -> None:
+        with self._cv:
+            self._halt = True
+            self._cv.notify()
+
+    def run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._pending and not self._halt:
+                    self._cv.wait()
+                if self._halt:
+                    return
+                root, dirs = self._pending.popitem()
+                self.busy = True
+            try:
+                self._scan(root, dirs)
+            except Exception:
+                log.exception("scan %s: failed; it will be retried at the next rescan", root)
+            finally:
+                with self._cv:
+                    self.busy = False
+
+    def _scan(self, root: str, dirs: set[str] | None) -> None:
+        path, ignorer = self._roots[root]
+        stats = ScanStats()
+        starts = [path] if dirs is None else sorted(_outermost(dirs))
+        t0 = time.monotonic()
+        last_report = t0
+        for start in starts:
+            for p in walk(path, ignorer, self.known, stats, start=start, stopped=lambda: self._halt):
+                ev = self.make_event(root, p)
+                while True:
+                    try:
+                        self.out.put(ev, timeout=0.5)
+                        break
+                    except queue.Full:
+                        if self._halt:
+                            return
+                now = time.monotonic()
+                if now - last_report > 10:
+                    last_report = now
+                    log.info("scan %s: %d files in %d dirs so far (%d already journaled)",
+                             root, stats.files, stats.dirs, stats.known)
+        self.stats[root] = stats
+        if dirs is None:
+            self.scans[root] = self.scans.get(root, 0) + 1
+            log.info("scan %s: %d files in %d dirs (%d already journaled, %d unreadable) in %.1f s", root,
+                     stats.files, stats.dirs, stats.known, stats.errors, time.monotonic() - t0)
+
+
+def _outermost(dirs: set[str]) -> list[str]:
+    """Drop directories already covered by a parent in the same request."""
+    out: list[str] = []
+    for d in sorted(dirs):
+        if not any(d == o or d.startswith(o.rstrip("/") + "/") for o in out):
+            out.append(d)
+    return out

@@ -1,0 +1,187 @@
+"""Decide when a candidate is complete. One owner (the pipeline thread) and one wake-up: a
+deadline heap, not a timer per file. Pure logic with explicit times, so tests drive it without
+threads or sleeps.
+
+A file is complete when it has been unchanged (size and mtime) for the settle window and no
+writer is known to hold it (a real "created" without its "closed"). A sequence is complete when
+every frame is and no new frame arrived for the sequence window. Close events are hints that
+start the quiet window; the stat at the deadline is the proof."""
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import os
+import stat as stat_mod
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from .group import Candidate, FileState
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Windows:
+    settle: float  # file quiet window, seconds
+    sequence: float  # sequence quiet window, seconds
+    open_timeout: float  # a file created but never closed counts as closed after this quiet time
+
+
+class Settler:
+    def __init__(self, *, monotonic: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
+                 stat: Callable[[str], os.stat_result] = os.stat) -> None:
+        self.candidates: dict[str, Candidate] = {}
+        self.windows: dict[str, Windows] = {}  # per candidate key
+        self._by_path: dict[str, str] = {}
+        self._heap: list[tuple[float, int, str]] = []
+        self._seq = itertools.count()
+        self._mono = monotonic
+        self._wall = wall
+        self._stat = stat
+
+    def __len__(self) -> int:
+        return len(self.candidates)
+
+    @property
+    def pending_files(self) -> int:
+        return len(self._by_path)
+
+    def candidate_of(self, path: str) -> Candidate | None:
+        key = self._by_path.get(path)
+        return self.candidates.get(key) if key else None
+
+    # -- input -------------------------------------------------------------------------------
+    def touch(self, cand: Candidate, windows: Windows, path: str, frame: int | None, kind: str, *,
+              synthetic: bool = False, st: os.stat_result | None = None) -> None:
+        """Record what happened to one file of ``cand`` (new or known).
+
+        kind: ``created`` (a real or synthetic create), ``closed`` (close-write), ``moved``
+        (renamed into place: complete), ``seen`` (found by a scan: its mtime tells its age)."""
+        now = self._mono()
+        known = self.candidates.get(cand.key)
+        if known is None:
+            self.candidates[cand.key] = known = cand
+            self.windows[cand.key] = windows
+        f = known.files.get(path)
+        if f is None:
+            f = known.files[path] = FileState(path, frame)
+            self._by_path[path] = known.key
+            is_new = True
+        else:
+            is_new = False
+        if st is None:
+            try:
+                st = self._stat(path)
+            except OSError:
+                self.remove(path)
+                return
+        if not stat_mod.S_ISREG(st.st_mode):
+            self.remove(path)
+            return
+        if kind == "seen":
+            # No event evidence: the file is as old as its last modification (or inode change).
+            age = max(0.0, self._wall() - max(st.st_mtime, st.st_ctime))
+            changed_at = now - age
+            if is_new or (st.st_size, st.st_mtime_ns) != (f.size, f.mtime_ns):
+                f.changed_at = changed_at if is_new else now
+        else:
+            f.changed_at = now
+            if kind == "created" and not synthetic:
+                f.open = True
+            elif kind in ("closed", "moved"):
+                f.open = False
+        f.size, f.mtime_ns, f.checked_at = st.st_size, st.st_mtime_ns, now
+        if is_new:
+            known.last_arrival = max(known.last_arrival, f.changed_at)
+        self._schedule(known)
+
+    def remove(self, path: str) -> Candidate | None:
+        """A file was deleted (or became unreadable): it leaves its candidate; an emptied
+        candidate is cancelled."""
+        key = self._by_path.pop(path, None)
+        if key is None:
+            return None
+        cand = self.candidates.get(key)
+        if cand is None:
+            return None
+        cand.files.pop(path, None)
+        if not cand.files:
+            self.candidates.pop(key, None)
+            self.windows.pop(key, None)
+            return cand
+        self._schedule(cand)
+        return cand
+
+    def remove_under(self, directory: str) -> int:
+        prefix = directory.rstrip("/") + "/"
+        gone = [p for p in self._by_path if p.startswith(prefix)]
+        for p in gone:
+            self.remove(p)
+        return len(gone)
+
+    # -- time --------------------------------------------------------------------------------
+    def _deadline(self, cand: Candidate) -> float:
+        w = self.windows[cand.key]
+        latest = max((f.changed_at + (w.open_timeout if f.open else w.settle)) for f in cand.files.values())
+        if cand.is_sequence:
+            latest = max(latest, cand.last_arrival + w.sequence)
+        return latest
+
+    def _schedule(self, cand: Candidate) -> None:
+        cand.deadline = self._deadline(cand)
+        heapq.heappush(self._heap, (cand.deadline, next(self._seq), cand.key))
+
+    def next_deadline(self) -> float | None:
+        while self._heap:
+            deadline, _, key = self._heap[0]
+            cand = self.candidates.get(key)
+            if cand is None or cand.deadline != deadline:
+                heapq.heappop(self._heap)  # stale entry
+                continue
+            return deadline
+        return None
+
+    def due(self) -> list[Candidate]:
+        """Pop every candidate whose deadline has passed and that proves complete on a fresh
+        stat; the others are rescheduled."""
+        now = self._mono()
+        ready: list[Candidate] = []
+        while self._heap and self._heap[0][0] <= now:
+            deadline, _, key = heapq.heappop(self._heap)
+            cand = self.candidates.get(key)
+            if cand is None or cand.deadline != deadline:
+                continue
+            if self._verify(cand, now):
+                self.candidates.pop(key, None)
+                self.windows.pop(key, None)
+                for p in cand.files:
+                    self._by_path.pop(p, None)
+                ready.append(cand)
+            elif cand.key in self.candidates:
+                self._schedule(cand)
+        return ready
+
+    def _verify(self, cand: Candidate, now: float) -> bool:
+        w = self.windows[cand.key]
+        changed = False
+        for f in list(cand.files.values()):
+            if f.checked_at >= f.changed_at + w.settle and not f.open:
+                continue  # our last stat already saw it quiet for the whole window
+            try:
+                st = self._stat(f.path)
+            except OSError:
+                self.remove(f.path)
+                changed = True
+                continue
+            f.checked_at = now
+            if (st.st_size, st.st_mtime_ns) != (f.size, f.mtime_ns):
+                f.size, f.mtime_ns, f.changed_at = st.st_size, st.st_mtime_ns, now
+                changed = True
+            elif f.open and now >= f.changed_at + w.open_timeout:
+                log.debug("%s: no close event after %.0f s quiet; treating it as closed", f.path, w.open_timeout)
+                f.open = False
+        if cand.key not in self.candidates:
+            return False  # every file vanished
+        return not changed and self._deadline(cand) <= now
