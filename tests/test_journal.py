@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import socket
 import subprocess
 import sys
 import threading
@@ -8,7 +10,11 @@ import time
 
 import pytest
 
-from watcher.journal.base import FileRecord, Status, TransitionError
+from tests.pg_server import pg_server, pg_url  # noqa: F401  (pytest fixtures)
+from watcher.errors import JournalError
+from watcher.journal import postgres as pgj
+from watcher.journal.base import FileRecord, Status, TransitionError, open_journal
+from watcher.journal.postgres import PostgresJournal
 from watcher.journal.sqlite import SCHEMA_VERSION, SqliteJournal
 from watcher.model import Entity, Publish, TrackerRef
 
@@ -21,9 +27,14 @@ def pub(key: str = "shows:render:{}", **kw) -> Publish:
     return Publish(**base)
 
 
-@pytest.fixture
-def journal(tmp_path):
-    j = SqliteJournal(f"sqlite:///{tmp_path}/journal.db")
+@pytest.fixture(params=["sqlite", "postgres"])
+def journal(request, tmp_path):
+    """Every contract test runs against both journals: same Python-facing behaviour."""
+    if request.param == "sqlite":
+        j = SqliteJournal(f"sqlite:///{tmp_path}/journal.db")
+    else:
+        j = open_journal(request.getfixturevalue("pg_url"))
+        assert isinstance(j, PostgresJournal)
     yield j
     j.close()
 
@@ -132,4 +143,335 @@ def test_reader_process_sees_writes_while_writer_holds_connection(tmp_path):
             f"j=J('sqlite:///{tmp_path}/j.db');print(json.dumps([r.to_json() for r in j.rows()]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert json.loads(out)[0]["path"] == "/shows/a/beauty.%04d.exr"
+    j.close()
+
+
+# -- contract details both journals must share ------------------------------------------------------
+
+def test_keys_like_files_registry_and_counts(journal):
+    a, _ = journal.add(pub(key="shows:render:a_%:v1"), [FileRecord("/s/x", "a.1.exr", 1, 1)])
+    b, _ = journal.add(pub(key="shows:render:a_%:v2"), [])
+    journal.add(pub(key="shows:render:aX%:v1"), [])  # '_' and '%' are literal in the prefix
+    assert [r.id for r in journal.keys_like("shows:render:a_%:")] == [a.id, b.id]
+    journal.remember_files(b.id, [FileRecord("/s/x", "a.1.exr", 2, 3), FileRecord("/s/x", "b.1.exr", 4, 5)], "kept")
+    assert journal.known_files("/s/x") == {"a.1.exr": (2, 3, b.id), "b.1.exr": (4, 5, b.id)}  # moved to b
+    assert journal.files_of(a.id) == {}
+    assert journal.events(b.id)[-1][1:] == ("note", "kept")
+    assert journal.counts() == {"pending": 3, "publishing": 0, "published": 0, "failed": 0}
+    assert journal.next_due() == min(r.next_attempt_at for r in journal.rows())
+    assert [r.id for r in journal.rows(ids=[b.id])] == [b.id] and len(journal.rows(limit=2)) == 2
+    assert journal.by_key("shows:render:a_%:v2").id == b.id and journal.by_key("nope") is None
+    i1, t1 = journal.registry_add("k", {"v": 1})
+    i2, t2 = journal.registry_add("k", {"v": 2})
+    assert (i1, t1) == (i2, t2) and journal.registry()[-1][3] == {"v": 2}
+
+
+def test_release_requeue_ids_and_replace_guard(journal):
+    r1, _ = journal.add(pub(key="k1"), [])
+    r2, _ = journal.add(pub(key="k2"), [])
+    c = journal.claim("a", time.time() + 1, 60)
+    journal.release(c.id, "a")
+    r = journal.rows(ids=[c.id])[0]
+    assert r.status == Status.PENDING and r.uncertain and r.attempts == 0
+    c = journal.claim("a", time.time() + 1, 60, exclude_keys={"k1"})
+    assert c.key == "k2"
+    with pytest.raises(TransitionError):  # publishing rows cannot be replaced under their agent
+        journal.replace(c.id, pub(key="k2"), [])
+    journal.fail(c.id, "a", "refused")
+    assert journal.requeue([r1.id, c.id]) == [c.id]  # only failed rows move
+    assert journal.requeue([c.id]) == []
+    journal.save_state(c.id, {"n": 1, "ids": ["x"]})
+    assert journal.by_key("k2").state == {"n": 1, "ids": ["x"]}
+    again = journal.replace(r1.id, pub(key="k1", version=4), [], revision=2)
+    assert again.revision == 2 and again.publish.version == 4
+
+
+# -- PostgreSQL only ----------------------------------------------------------------------------------
+
+def test_pg_migrations_version_and_newer_schema_refused(pg_url, pg_server):
+    j = PostgresJournal(pg_url)
+    assert j.schema_version() == pgj.SCHEMA_VERSION
+    j.close()
+    PostgresJournal(pg_url).close()  # reopening applies nothing twice
+    with psycopg_connect(pg_url) as c:
+        assert c.execute("SELECT version FROM watcher_schema ORDER BY version").fetchall() == \
+            [(v,) for v in range(1, pgj.SCHEMA_VERSION + 1)]
+        c.execute("INSERT INTO watcher_schema (version) VALUES (%s)", (pgj.SCHEMA_VERSION + 1,))
+    with pytest.raises(JournalError, match="newer than this watcher"):
+        PostgresJournal(pg_url)
+
+
+def test_pg_schema_matches_sqlite_schema(pg_url, tmp_path):
+    """Someone adding a migration to one journal must add it to the other."""
+    PostgresJournal(pg_url).close()
+    s = SqliteJournal(f"sqlite:///{tmp_path}/j.db")
+    tables = ("publishes", "files", "events", "registry")
+    lite = {t: [r[1] for r in s._conn().execute(f"PRAGMA table_info({t})")] for t in tables}
+    s.close()
+    with psycopg_connect(pg_url) as c:
+        schema = c.execute("SELECT current_schema()").fetchone()[0]
+        assert pg_url.endswith(f"search_path%3D{schema}")  # each test really has its own schema
+        pg = {t: [r[0] for r in c.execute("SELECT column_name FROM information_schema.columns WHERE table_name=%s "
+                                          "AND table_schema=%s ORDER BY ordinal_position", (t, schema))]
+              for t in tables}
+    assert pg == lite
+
+
+def test_pg_concurrent_migrations_are_safe(pg_url):
+    n = 4
+    barrier = threading.Barrier(n)
+    errors: list[BaseException] = []
+
+    def start():
+        barrier.wait()
+        try:
+            PostgresJournal(pg_url).close()
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with psycopg_connect(pg_url) as c:
+        assert c.execute("SELECT count(*) FROM watcher_schema").fetchone()[0] == pgj.SCHEMA_VERSION
+
+
+def test_pg_concurrent_agents_never_double_claim(pg_url):
+    """4 agents (4 journals, 4 connections) drain 200 rows: each row claimed exactly once."""
+    setup = PostgresJournal(pg_url)
+    ids = [setup.add(pub(key=f"k{i}"), [])[0].id for i in range(200)]
+    agents = [PostgresJournal(pg_url) for _ in range(4)]
+    got: dict[str, list[int]] = {f"agent-{i}": [] for i in range(4)}
+    barrier = threading.Barrier(4)
+
+    errors: list[BaseException] = []
+
+    def worker(name, j):
+        barrier.wait()
+        try:
+            while True:
+                r = j.claim(name, time.time() + 1, 60)
+                if r is None:
+                    return
+                assert r.status == Status.PUBLISHING
+                got[name].append(r.id)
+                j.published(r.id, name, "local", TrackerRef(str(r.id)))  # guarded: raises if not ours
+        except BaseException as exc:  # noqa: BLE001 - asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(name, j)) for name, j in zip(got, agents)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    claimed = [i for ids_ in got.values() for i in ids_]
+    assert sorted(claimed) == ids
+    assert sum(1 for ids_ in got.values() if ids_) >= 2  # they really ran side by side
+    assert setup.counts()["published"] == 200
+    with psycopg_connect(pg_url) as c:
+        assert c.execute("SELECT count(*), count(DISTINCT publish_id) FROM events WHERE status='publishing'").fetchone() \
+            == (200, 200)
+    for j in (setup, *agents):
+        j.close()
+
+
+def test_pg_concurrent_add_of_one_key_makes_one_row(pg_url):
+    agents = [PostgresJournal(pg_url) for _ in range(4)]
+    barrier = threading.Barrier(4)
+    results: list[tuple[int, bool]] = []
+
+    def add(j):
+        barrier.wait()
+        try:
+            row, created = j.add(pub(), [FileRecord("/shows/a", "beauty.1001.exr", 10, 1)])
+            results.append((row.id, created))
+        except BaseException as exc:  # noqa: BLE001 - shows up as a missing result below
+            results.append((-1, repr(exc)))
+
+    threads = [threading.Thread(target=add, args=(j,)) for j in agents]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len({i for i, _ in results}) == 1 and sorted(c for _, c in results) == [False, False, False, True]
+    assert len(agents[0].rows()) == 1
+    for j in agents:
+        j.close()
+
+
+def test_pg_expired_lease_is_recovered_by_another_agent_as_uncertain(pg_url):
+    a, b = PostgresJournal(pg_url), PostgresJournal(pg_url)
+    row, _ = a.add(pub(), [])
+    t0 = time.time()
+    assert a.claim("hostA:1:1", t0, lease_seconds=30).id == row.id
+    assert b.recover("hostB:2:2", t0 + 10, alive=lambda agent: True) == 0  # alive and inside its lease
+    a.renew(row.id, "hostA:1:1", t0 + 60)
+    assert b.recover("hostB:2:2", t0 + 45, alive=lambda agent: True) == 0  # renewed
+    assert b.recover("hostB:2:2", t0 + 61, alive=lambda agent: True) == 1  # lease over: A is presumed gone
+    r = b.rows()[0]
+    assert r.status == Status.PENDING and r.uncertain
+    assert "lease expired" in b.events(row.id)[-1][2]
+    with pytest.raises(TransitionError):  # A comes back late: its row is no longer its own
+        a.published(row.id, "hostA:1:1", "local", TrackerRef("1"))
+    with pytest.raises(TransitionError):
+        a.renew(row.id, "hostA:1:1", t0 + 120)
+    again = b.claim("hostB:2:2", t0 + 62, 30)
+    assert again.id == row.id and again.uncertain  # B's backend looks before it creates
+    b.published(row.id, "hostB:2:2", "local", TrackerRef("7"))
+    assert a.rows()[0].status == Status.PUBLISHED
+    a.close()
+    b.close()
+
+
+def test_pg_recover_skips_a_row_its_owner_is_moving(pg_url):
+    """A row locked by its owner's transition is not stolen by a concurrent recover."""
+    a = PostgresJournal(pg_url)
+    row, _ = a.add(pub(), [])
+    a.claim("hostA:1:1", time.time(), 1)
+    with psycopg_connect(pg_url) as c, c.transaction():
+        c.execute("SELECT 1 FROM publishes WHERE id=%s FOR UPDATE", (row.id,))  # the owner mid-update
+        assert a.recover("hostB:2:2", time.time() + 100, alive=lambda agent: False) == 0
+    assert a.recover("hostB:2:2", time.time() + 100, alive=lambda agent: False) == 1
+    a.close()
+
+
+def test_pg_wrong_password_is_a_journal_error_without_the_password(pg_server, pg_url, caplog):
+    caplog.set_level(logging.DEBUG)  # psycopg's own debug logging included
+    secret = "Not-The-Pass-Word-8817"
+    url = pg_server.url("watcher_tests", password=secret)
+    with pytest.raises(JournalError) as err:
+        open_journal(url)
+    text = str(err.value)
+    assert secret not in text and secret not in repr(err.value) and secret not in caplog.text
+    assert "password authentication failed" in text and f"127.0.0.1:{pg_server.port}" in text
+    assert "database watcher_tests" in text and "check that" in text
+    assert err.value.__suppress_context__
+
+
+def test_pg_unreachable_server_says_what_to_check():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nobody listens here once closed
+    t = time.monotonic()
+    with pytest.raises(JournalError, match=rf"127\.0\.0\.1:{port}.*check that the server is running") as err:
+        PostgresJournal(f"postgresql://watcher:hunter2-secret@127.0.0.1:{port}/journal")
+    assert "hunter2-secret" not in str(err.value) and time.monotonic() - t < 5
+
+
+def test_pg_url_is_redacted_for_display(pg_url, pg_server):
+    j = PostgresJournal(pg_url)
+    assert pg_server.password not in j.url and j.url == pg_url.replace(pg_server.password, "***")
+    j.close()
+    assert pgj.redact("postgresql://u:p%40ss@h/db?password=x&sslmode=require") == \
+        "postgresql://u:***@h/db?password=***&sslmode=require"
+
+
+def test_pg_reconnects_after_the_server_drops_the_connection(pg_url, pg_server):
+    j = PostgresJournal(pg_url)
+    j.add(pub(), [])
+    pid = j._conn().info.backend_pid
+    pg_server.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    assert j.counts()["pending"] == 1  # the dead connection was replaced, the call retried
+    assert j._conn().info.backend_pid != pid
+    j.close()
+
+
+def test_pg_connections_of_finished_threads_are_closed(pg_url):
+    """One connection per thread, and none left behind by threads that have ended."""
+    j = PostgresJournal(pg_url)
+    first = threading.Thread(target=j.counts)
+    first.start()
+    first.join()
+    old = [c for th, c in j._conns if th is first]
+    assert len(old) == 1 and not old[0].closed
+    second = threading.Thread(target=j.counts)  # its new connection sweeps the dead thread's
+    second.start()
+    second.join()
+    assert old[0].closed and all(th is not first for th, _ in j._conns)
+    j.close()
+    assert all(c.closed for c in old)
+
+
+def psycopg_connect(url):
+    import psycopg
+
+    return psycopg.connect(url, autocommit=True)
+
+
+def test_pg_deadlock_is_rolled_back_and_retried(pg_url):
+    """A server-reported deadlock (40P01) undoes the transaction; the journal runs it again."""
+    j = PostgresJournal(pg_url)
+    calls = []
+
+    def body(cur):
+        calls.append(1)
+        cur.execute("INSERT INTO registry (key, created_at, payload) VALUES (%s, 0, '{}')", (f"k{len(calls)}",))
+        if len(calls) == 1:
+            cur.execute("DO $$ BEGIN RAISE EXCEPTION 'simulated' USING ERRCODE = '40P01'; END $$")
+        return len(calls)
+
+    assert j._tx(body) == 2
+    assert [k for _, k, _, _ in j.registry()] == ["k2"]  # the first attempt left nothing behind
+    j.close()
+
+
+def test_pg_two_agents_publish_each_row_once_through_the_pipeline(pg_url):
+    """Two agents (journal + local backend + publisher threads each) share one PostgreSQL queue."""
+    from pathlib import Path
+
+    from watcher.publish.base import BackendContext
+    from watcher.publish.local import LocalBackend, LocalSettings
+    from watcher.publish.workers import Publishers
+
+    seed = PostgresJournal(pg_url)
+    for i in range(60):
+        seed.add(pub(key=f"shows:render:{i}"), [])
+    agents = []
+    for n in range(2):
+        j = PostgresJournal(pg_url)
+        backend = LocalBackend(LocalSettings(), BackendContext(journal=j, config_dir=Path("."), roots={}))
+        agents.append((j, Publishers(j, backend, f"host{n}:{n}:0", workers=2)))
+    for _, p in agents:
+        p.start()
+    deadline = time.monotonic() + 20
+    while seed.counts()["published"] < 60 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for j, p in agents:
+        p.stop(grace=5)
+        j.close()
+    assert seed.counts() == {"pending": 0, "publishing": 0, "published": 60, "failed": 0}
+    assert sum(p.published for _, p in agents) == 60 and all(p.published for _, p in agents)
+    assert len(seed.registry()) == 60 and len({r.tracker_id for r in seed.rows()}) == 60
+    seed.close()
+
+
+def test_missing_postgresql_is_reported_not_skipped(monkeypatch):
+    import tests.pg_server as pgs
+
+    monkeypatch.setattr(pgs.glob, "glob", lambda pattern: [])
+    with pytest.raises(pgs.PgUnavailable, match="apt|postgresql"):
+        pgs.start_postgres()
+
+
+def test_pg_agents_need_only_row_privileges_once_the_schema_is_current(pg_url, pg_server):
+    """The usual split: an owner role migrates; agents' role reads and writes rows only."""
+    schema = pg_url.rsplit("%3D", 1)[1]
+    role, secret = f"agent_{schema}", "agent-S3cret-pw"
+    pg_server.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{secret}'")
+    agent_url = pg_server.url("watcher_tests", user=role, password=secret, schema=schema)
+    with pytest.raises(JournalError, match="cannot create or upgrade the journal's tables .* database owner") as err:
+        PostgresJournal(agent_url)  # nothing there yet, and it may not create tables
+    assert secret not in str(err.value)
+    PostgresJournal(pg_url).close()  # the owner migrates
+    with psycopg_connect(pg_url) as c:
+        c.execute(f"GRANT USAGE ON SCHEMA {schema} TO {role}")
+        c.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO {role}")
+        c.execute(f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA {schema} TO {role}")
+    j = PostgresJournal(agent_url)
+    row, created = j.add(pub(), [])
+    assert created and j.claim("a", time.time() + 1, 60).id == row.id
     j.close()

@@ -193,7 +193,9 @@ def _dry_run(settings: Settings, as_json: bool) -> int:
     out: dict[str, Candidate] = {}
     stats = ScanStats()
     for r in load_roots(settings):
-        for path in walk(r.path, r.ignorer, journal.known_files, stats):
+        for kind, path in walk(r.path, r.ignorer, journal.known_files, stats):
+            if kind != "file":
+                continue
             rel = path[len(r.path) + 1:]
             m = r.templates.match(rel)
             if not m or m.publish is None:

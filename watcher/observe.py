@@ -16,6 +16,7 @@ import logging
 import os
 import queue
 import threading
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -25,14 +26,20 @@ from watchdog.observers.api import BaseObserver
 
 log = logging.getLogger(__name__)
 
+# watchdog warns when a new directory's watch is added twice (its own create handling and the
+# walk of the new tree both add it); the second add is harmless.
+warnings.filterwarnings("ignore", message="Callback with id .* already exists", category=RuntimeWarning)
+
 EVENT_FILTER = [FileCreatedEvent, DirCreatedEvent, FileClosedEvent, FileMovedEvent, DirMovedEvent,
                 FileDeletedEvent, DirDeletedEvent]
 
 
 @dataclass(frozen=True, slots=True)
 class FsEvent:
-    """kind: created | closed | moved | deleted | seen (found by a scan) | dir_created |
-    dir_moved | dir_deleted. ``dest`` is the new path of a move."""
+    """kind: created | closed | moved | deleted | seen (found by a scan or poll) | dir_done
+    (a scan finished listing that directory) | scan_done (a whole-root scan ended; ``path``
+    holds the loss count it began at) | dir_created | dir_moved | dir_deleted.
+    ``dest`` is the new path of a move."""
 
     root: str
     kind: str
@@ -197,8 +204,11 @@ class DirPoller(threading.Thread):
             return
         self._dirs[d] = snap
         old_files, old_dirs = (old[1], old[2]) if old else (frozenset(), frozenset())
-        for name in snap[1] - old_files:
+        new_files = snap[1] - old_files
+        for name in new_files:
             self.out.put(FsEvent(self.root, "seen", os.path.join(d, name)))
+        if new_files:
+            self.out.put(FsEvent(self.root, "dir_done", d))
         for name in old_files - snap[1]:
             self.out.put(FsEvent(self.root, "deleted", os.path.join(d, name)))
         for name in snap[2] - old_dirs:

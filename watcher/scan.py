@@ -25,10 +25,12 @@ class ScanStats:
 
 def walk(root: str, ignorer: Ignorer, known: Callable[[str], dict[str, tuple[int, int, int]]],
          stats: ScanStats, *, start: str | None = None,
-         stopped: Callable[[], bool] = lambda: False) -> Iterator[str]:
-    """Yield absolute paths of files below ``start`` (default: the root) that the journal does
-    not know. Unreadable directories are reported once each and skipped; the rest goes on.
-    Symlinked directories are never followed (their targets may be outside the root)."""
+         stopped: Callable[[], bool] = lambda: False) -> Iterator[tuple[str, str]]:
+    """Yield ``("file", path)`` for files below ``start`` (default: the root) that the journal
+    does not know, and ``("dir_done", dir)`` once a directory that yielded files is fully
+    listed (the settle stage must not publish half a sequence while its frames still stream
+    in). Unreadable directories are reported and skipped; the rest goes on. Symlinked
+    directories are never followed (their targets may be outside the root)."""
     stack = [start or root]
     base = len(root.rstrip("/")) + 1
     while stack:
@@ -46,6 +48,7 @@ def walk(root: str, ignorer: Ignorer, known: Callable[[str], dict[str, tuple[int
             continue
         stats.dirs += 1
         seen = known(d)
+        found = False
         with it:
             for entry in it:
                 rel = entry.path[base:]
@@ -62,7 +65,10 @@ def walk(root: str, ignorer: Ignorer, known: Callable[[str], dict[str, tuple[int
                 if entry.name in seen:
                     stats.known += 1
                     continue
-                yield entry.path
+                found = True
+                yield "file", entry.path
+        if found:
+            yield "dir_done", d
 
 
 class Scanner(threading.Thread):
@@ -72,7 +78,7 @@ class Scanner(threading.Thread):
     tree never floods memory."""
 
     def __init__(self, out: "queue.Queue", known: Callable[[str], dict[str, tuple[int, int, int]]],
-                 make_event: Callable[[str, str], object]) -> None:
+                 make_event: Callable[[str, str, str], object]) -> None:
         super().__init__(name="scanner", daemon=True)
         self.out = out
         self.known = known
@@ -84,12 +90,19 @@ class Scanner(threading.Thread):
         self.busy = False
         self.stats: dict[str, ScanStats] = {}
         self.scans: dict[str, int] = {}
+        self._losses: dict[str, int] = {}  # root -> loss count; present while desynced
 
     def add_root(self, name: str, path: str, ignorer: Ignorer) -> None:
         self._roots[name] = (path.rstrip("/"), ignorer)
 
-    def request(self, root: str, directory: str | None = None) -> None:
+    def request(self, root: str, directory: str | None = None, *, lost_events: bool = False) -> None:
+        """Queue a scan of a root (or one directory of it). ``lost_events`` marks the root
+        desynced: events were dropped, so nothing of it is known complete until a whole scan
+        that started after the loss has finished."""
         with self._cv:
+            if lost_events:
+                self._losses[root] = self._losses.get(root, 0) + 1
+                directory = None
             if directory is None:
                 self._pending[root] = None
             elif root not in self._pending:
@@ -97,6 +110,19 @@ class Scanner(threading.Thread):
             elif self._pending[root] is not None:
                 self._pending[root].add(directory)  # type: ignore[union-attr]
             self._cv.notify()
+
+    def pending_for(self, root: str, directory: str) -> bool:
+        """The root is desynced (events were lost and the rescan has not finished) or a scan
+        that has not started yet covers ``directory``. Candidates there wait for it."""
+        with self._cv:
+            if root in self._losses:
+                return True
+            dirs = self._pending.get(root, False)
+            if dirs is False:
+                return False
+            if dirs is None:
+                return True
+            return any(directory == d or directory.startswith(d.rstrip("/") + "/") for d in dirs)  # type: ignore[union-attr]
 
     def idle(self) -> bool:
         with self._cv:
@@ -116,30 +142,44 @@ class Scanner(threading.Thread):
                     return
                 root, dirs = self._pending.popitem()
                 self.busy = True
+                losses = self._losses.get(root)
             try:
-                self._scan(root, dirs)
+                if self._scan(root, dirs) and dirs is None and losses is not None:
+                    # Behind every path this scan queued: the pipeline calls synced() when it
+                    # gets here, so the root counts as in sync only once all of them are handled.
+                    self._put(self.make_event(root, "scan_done", str(losses)))
             except Exception:
                 log.exception("scan %s: failed; it will be retried at the next rescan", root)
             finally:
                 with self._cv:
                     self.busy = False
 
-    def _scan(self, root: str, dirs: set[str] | None) -> None:
+    def synced(self, root: str, losses: int) -> None:
+        """The pipeline has handled every path of a whole-root scan that began at loss count
+        ``losses``: if nothing was lost since, the root is in sync again."""
+        with self._cv:
+            if self._losses.get(root) == losses:
+                del self._losses[root]
+
+    def _put(self, ev: object) -> bool:
+        while True:
+            try:
+                self.out.put(ev, timeout=0.5)
+                return True
+            except queue.Full:
+                if self._halt:
+                    return False
+
+    def _scan(self, root: str, dirs: set[str] | None) -> bool:
         path, ignorer = self._roots[root]
         stats = ScanStats()
         starts = [path] if dirs is None else sorted(_outermost(dirs))
         t0 = time.monotonic()
         last_report = t0
         for start in starts:
-            for p in walk(path, ignorer, self.known, stats, start=start, stopped=lambda: self._halt):
-                ev = self.make_event(root, p)
-                while True:
-                    try:
-                        self.out.put(ev, timeout=0.5)
-                        break
-                    except queue.Full:
-                        if self._halt:
-                            return
+            for kind, p in walk(path, ignorer, self.known, stats, start=start, stopped=lambda: self._halt):
+                if not self._put(self.make_event(root, kind, p)):
+                    return False
                 now = time.monotonic()
                 if now - last_report > 10:
                     last_report = now
@@ -150,6 +190,7 @@ class Scanner(threading.Thread):
             self.scans[root] = self.scans.get(root, 0) + 1
             log.info("scan %s: %d files in %d dirs (%d already journaled, %d unreadable) in %.1f s", root,
                      stats.files, stats.dirs, stats.known, stats.errors, time.monotonic() - t0)
+        return not self._halt
 
 
 def _outermost(dirs: set[str]) -> list[str]:

@@ -39,6 +39,10 @@ from .settle import Settler, Windows
 log = logging.getLogger("watcher")
 
 QUEUE_SIZE = 50_000
+# watchdog reports the files it finds when it walks a brand-new directory as plain "created"
+# events, indistinguishable from real ones; creates this soon after their directory appeared
+# are treated as synthetic: no close event may ever follow them.
+NEW_DIR_WINDOW = 2.0
 
 
 @dataclass
@@ -115,7 +119,7 @@ class Service:
         self.agent = agent_id()
         self.queue: queue.Queue[FsEvent] = queue.Queue(maxsize=QUEUE_SIZE)
         self.settler = Settler()
-        self.scanner = Scanner(self.queue, self.journal.known_files, lambda root, p: FsEvent(root, "seen", p))
+        self.scanner = Scanner(self.queue, self.journal.known_files, lambda root, kind, p: FsEvent(root, "seen" if kind == "file" else kind, p))
         for r in self.roots.values():
             self.scanner.add_root(r.name, r.path, r.ignorer)
         self.publishers = Publishers(self.journal, self.backend, self.agent, workers=settings.workers,
@@ -124,9 +128,10 @@ class Service:
         self._halt = threading.Event()
         self._pipeline = threading.Thread(target=self._pipeline_loop, name="pipeline", daemon=True)
         self._supervisor = threading.Thread(target=self._supervise, name="supervisor", daemon=True)
-        self._deferred: list[tuple[float, Candidate]] = []
         self._cookies: dict[str, threading.Event] = {}
         self._cookie_n = 0
+        self._new_dirs: dict[str, float] = {}
+        self._listing: set[str] = set()  # directories whose scan listing is still streaming in
         self._lock = threading.Lock()
         self.committed = 0
         self.started = False
@@ -169,7 +174,7 @@ class Service:
     def idle(self) -> bool:
         """Nothing left to do now: no scan running, no event queued, no candidate settling,
         nothing due in the journal, no publish in flight."""
-        if not self.scanner.idle() or self.queue.unfinished_tasks or len(self.settler) or self._deferred:
+        if not self.scanner.idle() or self.queue.unfinished_tasks or len(self.settler):
             return False
         if self.publishers.busy:
             return False
@@ -216,7 +221,7 @@ class Service:
         r.rescans += 1
         r.last_rescan_reason = reason
         log.warning("root %s: %s; rescanning it (rescan #%d)", root, reason, r.rescans)
-        self.scanner.request(root)
+        self.scanner.request(root, lost_events=True)
 
     def _start_observer(self, r: RootRuntime) -> None:
         if not os.path.isdir(r.path):
@@ -314,9 +319,6 @@ class Service:
 
     def _pipeline_step(self) -> None:
         nxt = self.settler.next_deadline()
-        if self._deferred:
-            d = min(t for t, _ in self._deferred)
-            nxt = d if nxt is None else min(nxt, d)
         timeout = 0.5 if nxt is None else min(0.5, max(0.0, nxt - time.monotonic()))
         try:
             ev = self.queue.get(timeout=timeout)
@@ -336,12 +338,6 @@ class Service:
                     ev = self.queue.get_nowait()
                 except queue.Empty:
                     break
-        if self._deferred:
-            now = time.monotonic()
-            ready = [c for t, c in self._deferred if t <= now]
-            self._deferred = [(t, c) for t, c in self._deferred if t > now]
-            for c in ready:
-                self.commit(c)
         for cand in self.settler.due():
             self.commit(cand)
 
@@ -351,7 +347,13 @@ class Service:
             return
         k = ev.kind
         if k in ("created", "closed", "seen"):
+            if k == "seen":
+                self._listing.add(os.path.dirname(ev.path))
             self._file(r, ev.path, k, ev.synthetic)
+        elif k == "dir_done":
+            self._listing.discard(ev.path)
+        elif k == "scan_done":
+            self.scanner.synced(r.name, int(ev.path))
         elif k == "moved":
             self.settler.remove(ev.path)
             if ev.dest and self._under(r, ev.dest):
@@ -360,13 +362,33 @@ class Service:
             if self.settler.remove(ev.path) is not None:
                 log.debug("%s deleted before it settled", ev.path)
         elif k == "dir_created":
+            self._note_new_dir(ev.path)
             self.scanner.request(r.name, ev.path)
         elif k == "dir_moved":
             self.settler.remove_under(ev.path)
             if ev.dest and self._under(r, ev.dest):
+                self._note_new_dir(ev.dest)
                 self.scanner.request(r.name, ev.dest)
         elif k == "dir_deleted":
             self.settler.remove_under(ev.path)
+
+    def _note_new_dir(self, path: str) -> None:
+        now = time.monotonic()
+        if len(self._new_dirs) > 10_000:
+            self._new_dirs = {d: t for d, t in self._new_dirs.items() if now - t < NEW_DIR_WINDOW}
+        self._new_dirs[path] = now
+
+    def _in_new_dir(self, r: RootRuntime, path: str) -> bool:
+        if not self._new_dirs:
+            return False
+        now = time.monotonic()
+        d = os.path.dirname(path)
+        while len(d) > len(r.path):
+            t = self._new_dirs.get(d)
+            if t is not None and now - t < NEW_DIR_WINDOW:
+                return True
+            d = os.path.dirname(d)
+        return False
 
     @staticmethod
     def _under(r: RootRuntime, path: str) -> bool:
@@ -416,11 +438,16 @@ class Service:
             frame = m.frame if cand.is_sequence else None
         else:
             frame = cand.files[path].frame
+        if kind == "created" and not synthetic:
+            synthetic = self._in_new_dir(r, path)
         self.settler.touch(cand, r.windows, path, frame, kind, synthetic=synthetic, st=st)
 
     def commit(self, cand: Candidate) -> None:
         """A settled candidate goes into the journal (before anything is sent), or, when its
         key is journaled already, through the root's republish policy."""
+        if cand.is_sequence and self._incomplete_view(cand):
+            self._hold(cand, 0.05)
+            return
         files = [FileRecord(os.path.dirname(p), os.path.basename(p), f.size, f.mtime_ns) for p, f in cand.files.items()]
         try:
             row = self.journal.by_key(cand.key)
@@ -434,7 +461,7 @@ class Service:
             if not changed:
                 return  # seen again (rescan, duplicate event): already journaled as it is
             if row.status == Status.PUBLISHING:
-                self._deferred.append((time.monotonic() + 1.0, cand))
+                self._hold(cand, 1.0)  # decide once the running publish has ended
                 return
             extra = {p: v for p, v in known.items() if p not in cand.files and os.path.exists(p)}
             if row.status == Status.PENDING:
@@ -443,7 +470,19 @@ class Service:
                 return
             self._republish(row, cand, files, extra, changed)
         except TransitionError:
-            self._deferred.append((time.monotonic() + 1.0, cand))
+            self._hold(cand, 1.0)
+
+    def _hold(self, cand: Candidate, delay: float) -> None:
+        self.settler.hold(cand, self.roots[cand.scope.name].windows, delay)
+
+    def _incomplete_view(self, cand: Candidate) -> bool:
+        """More frames of this sequence may be on their way: a scan is still listing its
+        directory, or a rescan is queued because events were lost. Publishing now could
+        publish half of it."""
+        dirs = {os.path.dirname(p) for p in cand.files}
+        if self._listing and dirs & self._listing:
+            return True
+        return any(self.scanner.pending_for(cand.scope.name, d) for d in dirs)
 
     def _republish(self, row: Any, cand: Candidate, files: list[FileRecord], extra: dict[str, tuple[int, int]],
                    changed: list[str]) -> None:

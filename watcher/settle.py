@@ -87,6 +87,9 @@ class Settler:
             if is_new or (st.st_size, st.st_mtime_ns) != (f.size, f.mtime_ns):
                 f.changed_at = changed_at if is_new else now
         else:
+            same = (st.st_size, st.st_mtime_ns) == (f.size, f.mtime_ns)
+            if kind == "created" and not is_new and same:
+                return  # a duplicate create (watchdog's walk of a new directory): nothing changed
             f.changed_at = now
             if kind == "created" and not synthetic:
                 f.open = True
@@ -129,9 +132,24 @@ class Settler:
             latest = max(latest, cand.last_arrival + w.sequence)
         return latest
 
-    def _schedule(self, cand: Candidate) -> None:
-        cand.deadline = self._deadline(cand)
+    def _schedule(self, cand: Candidate, not_before: float = float("-inf")) -> None:
+        cand.deadline = max(self._deadline(cand), not_before)
         heapq.heappush(self._heap, (cand.deadline, next(self._seq), cand.key))
+
+    def hold(self, cand: Candidate, windows: Windows, delay: float) -> None:
+        """Put a candidate that ``due()`` returned back, to be tried again after ``delay``
+        seconds: files that arrive meanwhile join it instead of starting a second candidate."""
+        known = self.candidates.get(cand.key)
+        if known is not None and known is not cand:  # merge with one started since (never split)
+            for p, f in cand.files.items():
+                known.files.setdefault(p, f)
+            known.last_arrival = max(known.last_arrival, cand.last_arrival)
+            cand = known
+        self.candidates[cand.key] = cand
+        self.windows[cand.key] = windows
+        for p in cand.files:
+            self._by_path[p] = cand.key
+        self._schedule(cand, self._mono() + delay)
 
     def next_deadline(self) -> float | None:
         while self._heap:

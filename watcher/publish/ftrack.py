@@ -1,0 +1,669 @@
+"""ftrack backend over the JSON API: ``POST {server}/api`` with a list of operations, answered by
+a list of results in the same order (https://developer.ftrack.com/api/endpoint).
+
+The records follow ftrack's own publishing model, so versions look like ones made by ftrack's
+publishers: an ``Asset`` (name + asset type) under the task's parent context (Shot, Asset Build,
+Folder... any object type), an ``AssetVersion`` linked to the task, carrying the file name's
+version number, and its components: a ``FileComponent`` for a single file, or a
+``SequenceComponent`` (with ``padding``) holding one member ``FileComponent`` per frame. Each
+component is registered in a location (``ftrack.unmanaged`` by default: the files stay where they
+are and the resource identifier is their absolute path) by a ``ComponentLocation``.
+
+Exactly once: ftrack lets the client choose primary keys, so the ids of the Asset, AssetVersion
+and component are generated here and saved in the journal (``job.remember``) *before* the create
+batch is sent; per-frame ids are derived from the component id (uuid5). A retry after an unknown
+outcome looks the records up (by name/number and by those ids) and creates only what is missing,
+whether the server applied the earlier batch wholly, partly or not at all. The version is created
+unpublished and flagged published by a last, separate update once all its components exist.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Literal
+
+from pydantic import Field, SecretStr, field_validator
+
+from ..errors import ConfigError, PermanentError, PublishError, RetryableError
+from ..model import Job, Publish, TrackerRef
+from ..secrets import read_secret
+from .base import Backend, BackendContext, BackendSettings, CheckResult
+from .http import HttpClient
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OBJECT_TYPES = {"Asset": "Asset Build"}  # Toolkit-style templates say Asset; ftrack says Asset Build
+
+
+class FtrackSettings(BackendSettings):
+    """The ``tracker:`` section for ``backend: ftrack``."""
+
+    server_url: str  # https://studio.ftrackapp.com
+    api_user: str  # the user (or API-key owner) the key belongs to
+    api_key: SecretStr | None = None  # or WATCHER_TRACKER__API_KEY, or api_key_file
+    api_key_file: Path | None = None
+    project: str | None = None  # Project.name (short name); a publish's own project wins
+    # publish_type ("Rendered Image") or extension ("exr") -> AssetType.short ("img")
+    asset_types: dict[str, str] = Field(default_factory=dict)
+    default_asset_type: str | None = None  # short code when nothing in asset_types matches
+    # template entity type -> ftrack object type name
+    object_types: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_OBJECT_TYPES))
+    require_task: bool = True  # a missing task fails the publish instead of publishing without one
+    location: str = "ftrack.unmanaged"
+    resource_identifier: Literal["absolute", "root_relative"] = "absolute"
+    component_name: str = "main"
+    component_names: dict[str, str] = Field(default_factory=dict)  # publish_type/extension -> name
+    sequence_members: bool = True  # one member FileComponent per frame
+    version_status: str | None = None  # Status.name for new versions; None: the server's default
+    comment: str = ""  # AssetVersion.comment when the publish has no description
+    version_url: str | None = None  # e.g. "{server}/#entityType=assetversion&entityId={id}"
+    ca_bundle: Path | None = None
+    verify_tls: bool = True
+    timeout: float = Field(default=60.0, gt=0)
+    retries: int = Field(default=4, ge=0)
+    backoff_base: float = Field(default=1.0, ge=0)
+    backoff_cap: float = Field(default=60.0, ge=0)
+    batch_size: int = Field(default=500, ge=10)  # operations per create request
+    page_size: int = Field(default=500, ge=1, le=5000)  # query page ("limit")
+    cache_seconds: float = Field(default=300.0, ge=0)  # project/context/task lookups
+
+    @field_validator("server_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        v = v.strip().rstrip("/")
+        if not v.startswith(("https://", "http://")):
+            raise ValueError(f"{v!r} is not a URL; use https://<workspace>.ftrackapp.com")
+        if v.endswith("/api"):
+            v = v[: -len("/api")]
+        return v
+
+    @field_validator("asset_types", "component_names", "object_types")
+    @classmethod
+    def _no_blank(cls, v: dict[str, str]) -> dict[str, str]:
+        for key, value in v.items():
+            if not str(value).strip():
+                raise ValueError(f"{key!r} maps to an empty value")
+        return v
+
+
+@dataclass(frozen=True)
+class _Context:
+    """Where a publish lands: the project, the Asset's parent context and the task."""
+
+    project_id: str
+    project: str
+    context_id: str
+    label: str  # "Shot 'sh010'" (for messages)
+    task_id: str | None
+    task: str | None
+
+
+@dataclass
+class _Found:
+    """What already exists of a publish on the server."""
+
+    asset: dict[str, Any] | None = None
+    version: dict[str, Any] | None = None
+    existing: set[str] | None = None  # ids of our components/component locations already there
+    done: bool = False  # an equal component is already registered (nothing to create)
+
+
+def describe_error(status: int, body: Any) -> str:
+    """A sentence from either ftrack error shape: ``{exception, content, error_code}`` (the API's
+    own, with HTTP 200 in non-strict mode or an error status) or a validation ``{detail: [...]}``."""
+    prefix = f"HTTP {status} " if status >= 300 else ""
+    if isinstance(body, dict):
+        if "exception" in body:
+            text = f"{body.get('exception')}: {body.get('content') or body.get('error') or ''}".rstrip(": ")
+            if body.get("error_code"):
+                text += f" (error_code {body['error_code']})"
+            return prefix + text
+        detail = body.get("detail")
+        if isinstance(detail, list):
+            parts = []
+            for d in detail:
+                if isinstance(d, dict):
+                    loc = ".".join(str(x) for x in d.get("loc") or [])
+                    parts.append(f"{loc}: {d.get('msg')}" if loc else str(d.get("msg")))
+                else:
+                    parts.append(str(d))
+            return prefix + "request rejected: " + "; ".join(parts)
+        if isinstance(detail, str):
+            return prefix + detail
+    text = str(body).strip()[:500] if body else ""
+    return f"HTTP {status}" + (f": {text}" if text else "")
+
+
+def _quote(value: str, what: str) -> str:
+    """A value for the query language. The sources show no escaping rule, so refuse the
+    characters that could not be sent safely instead of guessing."""
+    if '"' in value or "\n" in value or "\\" in value:
+        raise PermanentError(f"{what} {value!r} contains a quote, backslash or newline, which an ftrack query cannot carry")
+    return f'"{value}"'
+
+
+def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+class FtrackBackend(Backend):
+    name = "ftrack"
+    Settings = FtrackSettings
+
+    def __init__(self, settings: FtrackSettings | dict[str, Any], context: BackendContext) -> None:
+        if isinstance(settings, dict):
+            settings = FtrackSettings.model_validate(settings)
+        super().__init__(settings, context)
+        s: FtrackSettings = settings
+        self._key = read_secret(s.api_key, self._config_path(s.api_key_file), "tracker.api_key") or ""
+        verify: bool | str = s.verify_tls
+        if s.ca_bundle is not None:
+            bundle = self._config_path(s.ca_bundle)
+            if not bundle or not bundle.is_file():
+                raise ConfigError(f"tracker.ca_bundle: {bundle} is not a file")
+            verify = str(bundle)
+        self.http = HttpClient(
+            s.server_url, timeout=s.timeout, verify=verify, retries=s.retries,
+            backoff_base=s.backoff_base, backoff_cap=s.backoff_cap,
+            headers={
+                "Accept": "application/json",
+                "Content-Type": "application/json",
+                "ftrack-user": s.api_user,
+                "ftrack-api-key": self._key,
+                # Errors then come back as HTTP 200 + an ``exception`` body, so an error status
+                # means trouble in transport (what HttpClient retries), never a refusal.
+                "ftrack-strict-api": "false",
+            },
+            describe_error=describe_error,
+        )
+        self._lock = threading.Lock()
+        self._cache: dict[tuple[Any, ...], tuple[float, Any]] = {}
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _config_path(self, p: Path | None) -> Path | None:
+        if p is None:
+            return None
+        p = Path(p).expanduser()
+        return p if p.is_absolute() else Path(self.context.config_dir) / p
+
+    def _scrub(self, text: str) -> str:
+        return text.replace(self._key, "***") if self._key else text
+
+    def call(self, ops: list[dict[str, Any]], *, what: str, retry: bool = True) -> list[Any]:
+        """Send one batch; the results in operation order. ``what`` says in errors what was being
+        done, naming the entity/task/type; the server's own words follow it."""
+        try:
+            body = self.http.request("POST", "api", json=ops, retry=retry)
+        except RetryableError as exc:
+            raise RetryableError(self._scrub(f"ftrack: {what}: {exc.message}"), retry_after=exc.retry_after) from None
+        except PublishError as exc:
+            raise PermanentError(self._scrub(f"ftrack refused {what}: {exc.message}")) from None
+        if isinstance(body, dict):  # one error object instead of the result list
+            raise PermanentError(self._scrub(f"ftrack refused {what}: {describe_error(200, body)}"))
+        if not isinstance(body, list) or len(body) != len(ops):
+            raise RetryableError(f"ftrack: {what}: unexpected reply to {len(ops)} operations: {str(body)[:200]}")
+        return body
+
+    def query(self, expression: str, *, what: str) -> list[dict[str, Any]]:
+        return self.query_many([expression], what=what)[0]
+
+    def query_many(self, expressions: list[str], *, what: str) -> list[list[dict[str, Any]]]:
+        """Several queries in one request, each followed through its pages
+        (``metadata.next.offset``) like the official clients do."""
+        size = self.settings.page_size
+        ops = [{"action": "query", "expression": f"{e} offset 0 limit {size}"} for e in expressions]
+        results = self.call(ops, what=what) if ops else []
+        out: list[list[dict[str, Any]]] = []
+        for expr, res in zip(expressions, results):
+            rows = list(res.get("data") or [])
+            offset = self._next_offset(res)
+            while offset is not None and offset >= len(rows) > 0:
+                more = self.call([{"action": "query", "expression": f"{expr} offset {offset} limit {size}"}], what=what)[0]
+                page = list(more.get("data") or [])
+                if not page:
+                    break
+                rows.extend(page)
+                offset = self._next_offset(more)
+            out.append(rows)
+        return out
+
+    @staticmethod
+    def _next_offset(result: dict[str, Any]) -> int | None:
+        nxt = ((result.get("metadata") or {}).get("next") or {}).get("offset")
+        return int(nxt) if nxt is not None else None
+
+    def _cached(self, key: tuple[Any, ...]) -> Any:
+        with self._lock:
+            hit = self._cache.get(key)
+        if hit is None:
+            return None
+        expires, value = hit
+        return value if expires > time.monotonic() else None
+
+    def _store(self, key: tuple[Any, ...], value: Any, ttl: float | None = None) -> Any:
+        with self._lock:
+            self._cache[key] = (time.monotonic() + (self.settings.cache_seconds if ttl is None else ttl), value)
+        return value
+
+    # ------------------------------------------------------------------ lookups
+
+    def _project(self, name: str) -> dict[str, Any]:
+        key = ("project", name)
+        hit = self._cached(key)
+        if hit:
+            return hit
+        q = _quote(name, "project")
+        by_name, by_full = self.query_many(
+            [f"select id, name, full_name from Project where name is {q}",
+             f"select id, name, full_name from Project where full_name is {q}"],
+            what=f"the lookup of project {name!r}")
+        rows = by_name or by_full
+        if not rows:
+            raise PermanentError(f"ftrack: project {name!r} not found (looked up Project.name and full_name)")
+        if len(rows) > 1:
+            raise PermanentError(f"ftrack: {len(rows)} projects are named {name!r}; set tracker.project to the short name")
+        return self._store(key, rows[0])
+
+    def _object_types(self) -> dict[str, dict[str, Any]]:
+        hit = self._cached(("object_types",))
+        if hit:
+            return hit
+        rows = self.query("select id, name from ObjectType", what="the lookup of object types")
+        return self._store(("object_types",), {str(r["name"]).lower(): r for r in rows})
+
+    def _object_type(self, entity_type: str) -> dict[str, Any]:
+        wanted = self.settings.object_types.get(entity_type, entity_type)
+        known = self._object_types()
+        row = known.get(wanted.lower())
+        if row is None:
+            names = ", ".join(sorted(r["name"] for r in known.values()))
+            via = f" (tracker.object_types maps {entity_type!r} to it)" if wanted != entity_type else ""
+            raise PermanentError(f"ftrack: object type {wanted!r}{via} does not exist; known: {names}")
+        return row
+
+    def _asset_types(self) -> dict[str, dict[str, Any]]:
+        hit = self._cached(("asset_types",))
+        if hit:
+            return hit
+        rows = self.query("select id, name, short from AssetType", what="the lookup of asset types")
+        return self._store(("asset_types",), {str(r["short"]): r for r in rows})
+
+    def asset_type_code(self, p: Publish) -> str:
+        """The configured short code for a publish: by publish type, then extension."""
+        table = self.settings.asset_types
+        ext = p.extension
+        for key in (p.publish_type, ext, "." + ext):
+            if key in table:
+                return table[key]
+        lowered = {k.lower().lstrip("."): v for k, v in table.items()}
+        for key in (p.publish_type.lower(), ext):
+            if key in lowered:
+                return lowered[key]
+        if self.settings.default_asset_type:
+            return self.settings.default_asset_type
+        raise PermanentError(
+            f"ftrack: no asset type for publish type {p.publish_type!r} / extension {ext!r}: "
+            f"add one of them to tracker.asset_types (or set tracker.default_asset_type)")
+
+    def _asset_type(self, p: Publish) -> dict[str, Any]:
+        short = self.asset_type_code(p)
+        known = self._asset_types()
+        row = known.get(short)
+        if row is None:
+            raise PermanentError(
+                f"ftrack: asset type short code {short!r} (for publish type {p.publish_type!r}) does not exist; "
+                f"known: {', '.join(sorted(known)) or 'none'}")
+        return row
+
+    def _location_id(self) -> str:
+        name = self.settings.location
+        hit = self._cached(("location", name))
+        if hit:
+            return hit
+        rows = self.query(f"select id, name from Location where name is {_quote(name, 'location')}",
+                          what=f"the lookup of location {name!r}")
+        if not rows:
+            raise PermanentError(f"ftrack: location {name!r} (tracker.location) does not exist")
+        return self._store(("location", name), rows[0]["id"], ttl=86400.0)
+
+    def _status_id(self) -> str | None:
+        name = self.settings.version_status
+        if not name:
+            return None
+        hit = self._cached(("status", name))
+        if hit:
+            return hit
+        rows = self.query(f"select id, name from Status where name is {_quote(name, 'status')}",
+                          what=f"the lookup of status {name!r}")
+        if not rows:
+            raise PermanentError(f"ftrack: status {name!r} (tracker.version_status) does not exist")
+        return self._store(("status", name), rows[0]["id"])
+
+    def _context(self, p: Publish) -> _Context:
+        """Project, Asset parent and task for a publish (each lookup cached once found)."""
+        project_name = p.project or self.settings.project
+        if not project_name:
+            raise PermanentError("ftrack: no project for this publish: set tracker.project or a project on the root")
+        project = self._project(project_name)
+        if p.entity is None:
+            ctx_id, label, task = project["id"], f"project {project_name!r}", None
+        else:
+            ot = self._object_type(p.entity.type)
+            row = self._find_entity(project, ot, p.entity.name, p.fields)
+            label = f"{ot['name']} {p.entity.name!r}"
+            if ot["name"].lower() == "task":  # the entity is the task itself: the asset goes on its parent
+                ctx_id, task = row["parent_id"], row
+            else:
+                ctx_id, task = row["id"], None
+        if task is None and p.task:
+            task = self._find_task(ctx_id, p.task, label, project_name)
+        return _Context(project_id=project["id"], project=project_name, context_id=ctx_id, label=label,
+                        task_id=task["id"] if task else None, task=task["name"] if task else None)
+
+    def _find_entity(self, project: dict[str, Any], ot: dict[str, Any], name: str,
+                     fields: dict[str, Any]) -> dict[str, Any]:
+        key = ("entity", project["id"], ot["id"], name)
+        rows = self._cached(key) or self.query(
+            f"select id, name, parent_id, object_type_id from TypedContext where project_id is {_quote(project['id'], 'id')}"
+            f" and object_type_id is {_quote(ot['id'], 'id')} and name is {_quote(name, ot['name'])}",
+            what=f"the lookup of {ot['name']} {name!r}")
+        if not rows:
+            raise PermanentError(f"ftrack: {ot['name']} {name!r} not found in project {project['name']!r}")
+        self._store(key, rows)
+        if len(rows) == 1:
+            return rows[0]
+        # Same name under several parents (sh010 in two sequences): the template's other fields
+        # (Sequence: sq02) say which parent is meant.
+        pkey = ("parents",) + key[1:]
+        parents = self._cached(pkey) or self._store(pkey, {r["id"]: r for r in self.query(
+            "select id, name, object_type_id from TypedContext where id in ("
+            + ", ".join(_quote(r["parent_id"], "id") for r in rows if r.get("parent_id")) + ")",
+            what=f"the lookup of the parents of {ot['name']} {name!r}")})
+        names = {v["id"]: k for k, v in self._object_types().items()}
+        wanted = {str(k).lower(): str(v) for k, v in fields.items()}
+        for tmpl, ft in self.settings.object_types.items():  # template key "Asset" for "Asset Build"
+            if tmpl.lower() in wanted:
+                wanted.setdefault(ft.lower(), wanted[tmpl.lower()])
+        keep = []
+        for r in rows:
+            parent = parents.get(r.get("parent_id"))
+            if parent and wanted.get(names.get(parent["object_type_id"], "")) == parent["name"]:
+                keep.append(r)
+        if len(keep) == 1:
+            return keep[0]
+        under = ", ".join(sorted(repr(p["name"]) for p in parents.values()))
+        raise PermanentError(
+            f"ftrack: {len(rows)} {ot['name']}s are named {name!r} in project {project['name']!r} (under {under}); "
+            "the template's fields do not say which one (add the parent, e.g. a Sequence key, to the template)")
+
+    def _find_task(self, parent_id: str, task: str, label: str, project: str) -> dict[str, Any] | None:
+        key = ("task", parent_id, task)
+        hit = self._cached(key)
+        if hit:
+            return hit
+        rows = self.query(
+            f"select id, name, parent_id from Task where parent_id is {_quote(parent_id, 'id')} and name is {_quote(task, 'task')}",
+            what=f"the lookup of task {task!r} on {label}")
+        if rows:
+            return self._store(key, rows[0])
+        if self.settings.require_task:
+            raise PermanentError(f"ftrack: task {task!r} not found on {label} in project {project!r}")
+        log.warning("ftrack: task %r not found on %s; publishing without a task", task, label)
+        return None
+
+    # ------------------------------------------------------------------ publish
+
+    def component_name(self, p: Publish) -> str:
+        names = self.settings.component_names
+        for key in (p.publish_type, p.extension, "." + p.extension):
+            if key in names:
+                return names[key]
+        return self.settings.component_name
+
+    def serialize_key(self, job: Job) -> str:
+        """Publishes to the same Asset run one after the other, so two versions of a new asset
+        never both create it."""
+        p = job.publish
+        try:
+            short = self.asset_type_code(p)
+        except PermanentError:
+            short = "?"
+        ent = f"{p.entity.type}:{p.entity.name}" if p.entity else "-"
+        return f"ftrack|{p.project or self.settings.project}|{ent}|{p.name}|{short}"
+
+    def publish(self, job: Job) -> TrackerRef:
+        p = job.publish
+        ctx = self._context(p)
+        atype = self._asset_type(p)
+        location_id = self._location_id()
+        status_id = self._status_id()
+        comp_name = self.component_name(p)
+        what = (f"AssetVersion {p.name!r} {self._vlabel(p)} ({atype['short']}) on {ctx.label}"
+                + (f", task {ctx.task!r}" if ctx.task else "") + f" in project {ctx.project!r}")
+
+        ids: dict[str, Any] = dict(job.state.get("ftrack") or {})
+        found = self._find(p, ctx, atype, ids, what)
+        if found.asset:
+            ids["asset"] = found.asset["id"]
+        if found.version:
+            own = found.version["id"] == ids.get("version") and ids.get("own_version", True)
+            ids["version"], ids["own_version"] = found.version["id"], bool(own)
+        ids.setdefault("asset", str(uuid.uuid4()))
+        ids.setdefault("version", str(uuid.uuid4()))
+        ids.setdefault("own_version", True)
+        ids.setdefault("component", str(uuid.uuid4()))
+        if ids != job.state.get("ftrack"):
+            job.remember(ftrack=ids)  # before anything that uses these ids is sent
+
+        if found.version:
+            self._find_components(p, ids, comp_name, location_id, found, what)
+        if not found.done:
+            ops = []
+            if not found.asset:
+                ops.append(self._create("Asset", ids["asset"], name=p.name, context_id=ctx.context_id,
+                                        type_id=atype["id"]))
+            if not found.version:
+                data: dict[str, Any] = {"asset_id": ids["asset"], "is_published": False,
+                                        "comment": p.description or self.settings.comment}
+                if p.version is not None:
+                    data["version"] = p.version
+                if ctx.task_id:
+                    data["task_id"] = ctx.task_id
+                if status_id:
+                    data["status_id"] = status_id
+                ops.append(self._create("AssetVersion", ids["version"], **data))
+            ops += self._component_ops(p, ids, comp_name, location_id, found.existing or set())
+            for chunk in _chunks(ops, self.settings.batch_size):
+                # Not retried blindly inside the client: after an unknown outcome the next attempt
+                # looks up what landed (job.uncertain) and sends only what is missing.
+                self.call(chunk, what=f"creating {what}", retry=False)
+            log.debug("ftrack: %s: %d records created", what, len(ops))
+        version_published = bool(found.version and found.version.get("is_published"))
+        if ids["own_version"] and not version_published:
+            self.call([{"action": "update", "entity_type": "AssetVersion", "entity_key": [ids["version"]],
+                        "entity_data": {"__entity_type__": "AssetVersion", "is_published": True}}],
+                      what=f"publishing {what}")
+        log.info("ftrack: published %s (AssetVersion %s)", what, ids["version"])
+        return TrackerRef(id=ids["version"], url=self._url(ids["version"], ctx))
+
+    @staticmethod
+    def _vlabel(p: Publish) -> str:
+        return f"v{p.version:03d}" if p.version is not None else "(next version)"
+
+    def _url(self, version_id: str, ctx: _Context) -> str | None:
+        tmpl = self.settings.version_url
+        if not tmpl:
+            return None
+        return tmpl.format(server=self.settings.server_url, id=version_id, project_id=ctx.project_id)
+
+    @staticmethod
+    def _create(entity_type: str, entity_id: str, **data: Any) -> dict[str, Any]:
+        return {"action": "create", "entity_type": entity_type,
+                "entity_data": {"__entity_type__": entity_type, "id": entity_id, **data}}
+
+    def _find(self, p: Publish, ctx: _Context, atype: dict[str, Any], ids: dict[str, Any], what: str) -> _Found:
+        """The Asset (name + type under the context) and the AssetVersion (its number, or the
+        id this job created before) that already exist; one request."""
+        name, context, type_id = (_quote(p.name, "asset name"), _quote(ctx.context_id, "id"),
+                                  _quote(atype["id"], "id"))
+        exprs = [f"select id, name, context_id, type_id from Asset"
+                 f" where context_id is {context} and name is {name} and type_id is {type_id}"]
+        fields = "select id, version, asset_id, is_published, task_id from AssetVersion"
+        if p.version is not None:
+            exprs.append(f"{fields} where asset.context_id is {context} and asset.name is {name}"
+                         f" and asset.type_id is {type_id} and version is {int(p.version)}")
+        elif ids.get("version"):
+            exprs.append(f"{fields} where id is {_quote(ids['version'], 'id')}")
+        results = self.query_many(exprs, what=f"the lookup of {what}")
+        found = _Found()
+        if results[0]:
+            found.asset = next((a for a in results[0] if a["id"] == ids.get("asset")), results[0][0])
+        if len(results) > 1 and results[1]:
+            found.version = next((v for v in results[1] if v["id"] == ids.get("version")), results[1][0])
+            if not found.asset or found.asset["id"] != found.version.get("asset_id"):
+                found.asset = {"id": found.version["asset_id"]}
+        return found
+
+    def _find_components(self, p: Publish, ids: dict[str, Any], comp_name: str, location_id: str,
+                         found: _Found, what: str) -> None:
+        """With an existing version: which of our records exist, or whether an equal component
+        (same name, same file in the same location) is there already."""
+        vid = _quote(ids["version"], "id")
+        rows = self.query(f"select id, name, version_id from Component where version_id is {vid}"
+                          f" and name is {_quote(comp_name, 'component name')}",
+                          what=f"the lookup of component {comp_name!r} of {what}")
+        ours = [r for r in rows if r["id"] == ids["component"]]
+        if ours:
+            cid = _quote(ids["component"], "id")
+            exprs = [f"select id, component_id from ComponentLocation where component_id is {cid}"
+                     f" or component.container_id is {cid}"]
+            if p.is_sequence and self.settings.sequence_members:
+                exprs.append(f"select id, name from FileComponent where container_id is {cid}")
+            results = self.query_many(exprs, what=f"the lookup of the components of {what}")
+            found.existing = {ids["component"]} | {r["id"] for res in results for r in res}
+            return
+        if not rows:
+            found.existing = set()
+            return
+        # Someone else's component of that name: the same file registered already is our publish
+        # done (journal lost, say); anything else would be a second "main" on the version.
+        other = rows[0]
+        locs = self.query(f"select id, resource_identifier, location_id from ComponentLocation"
+                          f" where component_id is {_quote(other['id'], 'id')}",
+                          what=f"the lookup of component {comp_name!r} of {what}")
+        mine = self._resource_identifier(p, p.path)
+        if any(loc.get("location_id") == location_id and loc.get("resource_identifier") == mine for loc in locs):
+            found.done = True
+            return
+        where = ", ".join(sorted(str(loc.get("resource_identifier")) for loc in locs)) or "no location"
+        raise PermanentError(
+            f"ftrack: {what} already exists with a component {comp_name!r} registered at {where}, "
+            f"not at {mine}; refusing to add a second one (set tracker.component_names to publish under another name)")
+
+    def _resource_identifier(self, p: Publish, path: str) -> str:
+        if self.settings.resource_identifier == "root_relative":
+            return os.path.relpath(path, p.root_path).replace(os.sep, "/")
+        return path
+
+    def _component_ops(self, p: Publish, ids: dict[str, Any], comp_name: str, location_id: str,
+                       existing: set[str]) -> list[dict[str, Any]]:
+        """Create operations for the component(s) and their locations that do not exist yet,
+        parents first: container, members, then the ComponentLocations."""
+        cid = ids["component"]
+        ns = uuid.UUID(cid)
+        file_type = os.path.splitext(p.path)[1]
+        comps: list[dict[str, Any]] = []
+        locs: list[dict[str, Any]] = []
+
+        def location(component_id: str, loc_id: str, path: str) -> None:
+            if loc_id not in existing:
+                locs.append(self._create("ComponentLocation", loc_id, component_id=component_id,
+                                         location_id=location_id,
+                                         resource_identifier=self._resource_identifier(p, path)))
+
+        if not p.is_sequence:
+            if cid not in existing:
+                comps.append(self._create("FileComponent", cid, name=comp_name, version_id=ids["version"],
+                                          file_type=file_type, size=self._size(p.path)))
+            location(cid, str(uuid.uuid5(ns, "location")), p.path)
+            return comps + locs
+
+        frames = p.frame_numbers()
+        members = [(f, str(uuid.uuid5(ns, f"member:{f}"))) for f in frames] if self.settings.sequence_members else []
+        missing_members = [(f, mid) for f, mid in members if mid not in existing]
+        sizes = {f: self._size(p.frame_path(f)) for f, _ in missing_members}
+        if cid not in existing:
+            total = sum(sizes.values()) if len(sizes) == len(frames) else sum(self._size(x) for x in p.file_paths())
+            comps.append(self._create("SequenceComponent", cid, name=comp_name, version_id=ids["version"],
+                                      file_type=file_type, padding=p.padding, size=total))
+        for f, mid in missing_members:
+            comps.append(self._create("FileComponent", mid, name=f"{f:0{p.padding}d}", container_id=cid,
+                                      file_type=file_type, size=sizes[f]))
+        location(cid, str(uuid.uuid5(ns, "location")), p.path)
+        for f, mid in members:
+            location(mid, str(uuid.uuid5(ns, f"location:{f}")), p.frame_path(f))
+        return comps + locs
+
+    @staticmethod
+    def _size(path: str) -> int:
+        try:
+            return os.stat(path).st_size
+        except FileNotFoundError:
+            raise PermanentError(f"ftrack: {path} vanished before it was published") from None
+        except OSError as exc:
+            raise RetryableError(f"ftrack: cannot stat {path}: {exc.strerror or exc}") from None
+
+    # ------------------------------------------------------------------ check
+
+    def check(self) -> list[CheckResult]:
+        """Credentials, project, asset types, object types, location and status, each named."""
+        s: FtrackSettings = self.settings
+        out: list[CheckResult] = []
+        try:
+            info, users = self.call(
+                [{"action": "query_server_information"},
+                 {"action": "query", "expression": f"select id, username from User where username is {_quote(s.api_user, 'api_user')}"}],
+                what=f"the credentials of api_user {s.api_user!r}")
+        except PublishError as exc:
+            return [CheckResult(False, "credentials", exc.message)]
+        version = info.get("version", "?") if isinstance(info, dict) else "?"
+        if not (users or {}).get("data"):
+            out.append(CheckResult(False, "credentials", f"the key works but user {s.api_user!r} was not found"))
+        else:
+            out.append(CheckResult(True, "credentials", f"{s.api_user} on {s.server_url} (ftrack {version})"))
+
+        def attempt(what: str, fn: Any) -> None:
+            try:
+                detail = fn()
+                out.append(CheckResult(True, what, detail or ""))
+            except PublishError as exc:
+                out.append(CheckResult(False, what, exc.message))
+
+        if s.project:
+            attempt(f"project {s.project!r}", lambda: f"id {self._project(s.project)['id']}")
+        codes = sorted(set(s.asset_types.values()) | ({s.default_asset_type} if s.default_asset_type else set()))
+        if not codes:
+            out.append(CheckResult(False, "asset types", "tracker.asset_types is empty and no default_asset_type is set"))
+        for code in codes:
+            def one(code: str = code) -> str:
+                known = self._asset_types()
+                if code not in known:
+                    raise PermanentError(f"no AssetType with short code {code!r}; known: {', '.join(sorted(known)) or 'none'}")
+                return f"{known[code]['name']}"
+            attempt(f"asset type {code!r}", one)
+        for tmpl, ftype in sorted(s.object_types.items()):
+            attempt(f"object type {ftype!r}", lambda tmpl=tmpl: f"id {self._object_type(tmpl)['id']}")
+        attempt(f"location {s.location!r}", lambda: f"id {self._location_id()}")
+        if s.version_status:
+            attempt(f"status {s.version_status!r}", lambda: f"id {self._status_id()}")
+        return out
+
+    def close(self) -> None:
+        self.http.close()

@@ -1,0 +1,808 @@
+"""ShotGrid / Flow Production Tracking over its REST API (``requests``, no ``shotgun_api3``).
+
+A publish becomes a ``PublishedFile`` with the fields Toolkit's ``sgtk.util.register_publish()``
+writes (``code``, ``name``, ``version_number``, ``path`` as ``{relative_path, local_storage}``,
+``path_cache``, ``entity``, ``project``, ``task``, ``published_file_type``, ``description``,
+``created_by``), so Loader, Breakdown and ``find_publish`` treat it as their own: they look
+publishes up by the exact ``path_cache`` string and ``path_cache_storage``, which the REST API
+never computes (see ``shared/research/shotgrid.md`` §1-§3). Optionally a ``Version`` for review
+is linked to it and a thumbnail is uploaded.
+
+Exactly once: nothing on a ShotGrid site is unique, so after an uncertain outcome the backend
+searches for a PublishedFile with the same ``path_cache``, storage and version before creating,
+and creates are never retried blindly (``retry=False``); ids are remembered in the job state as
+soon as they are known."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+
+from ..errors import PermanentError, PublishError, RetryableError
+from ..model import Job, Publish, TrackerRef
+from ..secrets import read_secret
+from .base import Backend, BackendContext, BackendSettings, CheckResult
+from .http import HttpClient, HttpError
+
+log = logging.getLogger(__name__)
+
+ARRAY_CT = "application/vnd+shotgun.api3_array+json"
+HASH_CT = "application/vnd+shotgun.api3_hash+json"
+DEFAULT_CREATABLE = ("Shot", "Asset", "Sequence")
+REVIEW_EXTENSIONS = ["exr", "dpx", "jpg", "jpeg", "png", "tif", "tiff", "mov", "mp4"]
+MOVIE_EXTENSIONS = {"mov", "mp4", "avi", "mkv", "webm", "m4v"}
+THUMBNAIL_EXTENSIONS = ["jpg", "jpeg", "png", "gif"]
+OS_PATH_FIELD = "windows_path" if sys.platform == "win32" else "mac_path" if sys.platform == "darwin" else "linux_path"
+
+
+class ShotGridSettings(BackendSettings):
+    """The ``tracker:`` section for ``backend: shotgrid``."""
+
+    url: str = Field(description="site URL, e.g. https://studio.shotgrid.autodesk.com")
+    # script credentials (client_credentials grant) ...
+    script_name: str | None = None
+    script_key: SecretStr | None = None
+    script_key_file: Path | None = None
+    # ... or a person's login (password grant)
+    login: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    sudo_as_login: str | None = None  # act as this person (token scope sudo_as_login:<login>)
+
+    project: int | str | None = None  # Project id, or its name / tank_name
+    project_key: str | None = None  # template key whose value names the project (wins when present)
+    storages: dict[str, int | str] = Field(default_factory=dict)  # root name -> LocalStorage code or id
+
+    ca_bundle: Path | None = None
+    timeout: float = Field(30.0, gt=0)
+    retries: int = Field(3, ge=0)
+    backoff_base: float = Field(0.5, ge=0)
+    backoff_cap: float = Field(30.0, ge=0)
+    page_size: int = Field(500, ge=1, le=5000)
+    cache_ttl: float = Field(300.0, ge=0)
+
+    create_publish_types: bool = True  # register_publish creates a missing PublishedFileType
+    publish_types: list[str] = Field(default_factory=list)  # checked by `watcher check`
+    create_missing_entities: bool | list[str] = False  # True = Shot, Asset, Sequence
+    require_task: bool = True  # a publish naming a task that does not exist fails
+    frame_range_field: str | None = None  # PublishedFile field for "1001-1100" (e.g. sg_frame_range)
+    created_by: int | None = None  # HumanUser id written as created_by
+    status: str | None = None  # sg_status_list of new publishes (None: the site's default)
+    extra_fields: dict[str, Any] = Field(default_factory=dict)  # like register_publish's sg_fields
+
+    version_for_review: bool = False
+    review_extensions: list[str] = Field(default_factory=lambda: list(REVIEW_EXTENSIONS))
+    version_status: str | None = None
+
+    thumbnail: bool = False
+    thumbnail_command: list[str] | None = None  # argv with {input} and {output} placeholders
+    thumbnail_extensions: list[str] = Field(default_factory=lambda: list(THUMBNAIL_EXTENSIONS))
+    thumbnail_timeout: float = Field(60.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _site(cls, v: str) -> str:
+        v = v.strip().rstrip("/")
+        v = re.sub(r"/api/v1(\.\d+)?$", "", v)
+        if not re.match(r"^https?://[^/\s]+", v):
+            raise ValueError(f"must be the site URL starting with https://, got {v!r}")
+        return v
+
+    @field_validator("project")
+    @classmethod
+    def _project_id(cls, v: int | str | None) -> int | str | None:
+        # env overrides arrive as text: WATCHER_TRACKER__PROJECT=123 means the id
+        return int(v) if isinstance(v, str) and v.strip().isdigit() else v
+
+    @model_validator(mode="after")
+    def _auth(self) -> "ShotGridSettings":
+        script = self.script_name is not None
+        person = self.login is not None
+        if script == person:
+            raise ValueError("set either script_name (with script_key or script_key_file) or login "
+                             "(with password or password_file), not both or neither")
+        return self
+
+
+def slug(entity_type: str) -> str:
+    """REST route name of a type: ``PublishedFile`` -> ``published_files``."""
+    words = [w.lower() for w in re.findall(r"[A-Z][a-z0-9]*|[a-z0-9]+", entity_type)]
+    last = words[-1]
+    if last.endswith("y") and last[-2:-1] not in "aeiou":
+        last = last[:-1] + "ies"
+    elif last.endswith(("s", "x", "ch")):
+        last += "es"
+    else:
+        last += "s"
+    return "_".join(words[:-1] + [last])
+
+
+def link(rec: dict[str, Any] | None) -> dict[str, Any] | None:
+    return None if rec is None else {"type": rec["type"], "id": rec["id"]}
+
+
+def describe_error(status: int, body: Any) -> str:
+    """The server's own words from ``{"errors": [{title, detail, source}]}``."""
+    if isinstance(body, dict) and isinstance(body.get("errors"), list) and body["errors"]:
+        texts = []
+        for e in body["errors"]:
+            text = str(e.get("title") or "")
+            if e.get("detail"):
+                text += f": {e['detail']}"
+            elif e.get("source"):
+                text += f" {json.dumps(e['source'])}"
+            texts.append(text)
+        return f"ShotGrid {status}: " + "; ".join(texts)
+    return f"ShotGrid {status}: {body}"
+
+
+def flatten(rec: dict[str, Any]) -> dict[str, Any]:
+    """A REST record (``attributes`` + ``relationships``) as one flat dict, as the Python API gives."""
+    out: dict[str, Any] = {"type": rec.get("type"), "id": rec.get("id")}
+    out.update(rec.get("attributes") or {})
+    for name, rel in (rec.get("relationships") or {}).items():
+        out[name] = rel.get("data") if isinstance(rel, dict) else rel
+    return out
+
+
+class _Token:
+    def __init__(self, access: str, refresh: str | None, expires_at: float) -> None:
+        self.access, self.refresh, self.expires_at = access, refresh, expires_at
+
+
+class ShotGridClient:
+    """The REST wire: bearer token (cached, refreshed before expiry, one re-auth on 401),
+    ``_search`` with pagination, create/update/read, uploads. Thread-safe."""
+
+    def __init__(self, settings: ShotGridSettings, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings
+        self.site = settings.url
+        if settings.script_name is not None:
+            secret = read_secret(settings.script_key, settings.script_key_file, "tracker.script_key")
+            self._grant = {"grant_type": "client_credentials", "client_id": settings.script_name,
+                           "client_secret": secret}
+            self.who = f"script '{settings.script_name}'"
+        else:
+            secret = read_secret(settings.password, settings.password_file, "tracker.password")
+            self._grant = {"grant_type": "password", "username": settings.login or "", "password": secret}
+            self.who = f"user '{settings.login}'"
+        if settings.sudo_as_login:
+            self._grant["scope"] = f"sudo_as_login:{settings.sudo_as_login}"
+        self._secret = secret or ""
+        verify: bool | str = str(settings.ca_bundle) if settings.ca_bundle else True
+        self.http = HttpClient(f"{self.site}/api/v1", timeout=settings.timeout, verify=verify,
+                               retries=settings.retries, backoff_base=settings.backoff_base,
+                               backoff_cap=settings.backoff_cap, headers={"Accept": "application/json"},
+                               describe_error=describe_error)
+        self._clock = clock
+        self._token: _Token | None = None
+        self._token_lock = threading.Lock()
+
+    # ---- auth -----------------------------------------------------------------------------------
+    def _scrub(self, text: str) -> str:
+        return text.replace(self._secret, "***") if self._secret else text
+
+    def _fetch_token(self, form: dict[str, str]) -> _Token:
+        try:
+            body = self.http.request("POST", "auth/access_token", data=form,
+                                     headers={"Content-Type": "application/x-www-form-urlencoded"})
+        except HttpError as exc:
+            raise PermanentError(self._scrub(
+                f"ShotGrid at {self.site} refused the credentials of {self.who}: {exc.message}")) from None
+        except RetryableError as exc:
+            raise RetryableError(self._scrub(exc.message), retry_after=exc.retry_after) from None
+        if not isinstance(body, dict) or "access_token" not in body:
+            raise PermanentError(f"ShotGrid at {self.site}: unexpected answer from auth/access_token")
+        ttl = float(body.get("expires_in") or 600)
+        # renew ahead of expiry: a minute on a real site, a tenth of the lifetime when short
+        return _Token(body["access_token"], body.get("refresh_token"), self._clock() + ttl - min(60.0, ttl / 10))
+
+    def authenticate(self) -> None:
+        """Get a new token from the credentials now (``watcher check``)."""
+        with self._token_lock:
+            self._token = self._fetch_token(self._grant)
+
+    def token(self, *, stale: str | None = None) -> str:
+        """A live access token. ``stale``: the token a 401 just refused (renew unless another
+        thread already did)."""
+        with self._token_lock:
+            tok = self._token
+            if tok is not None and tok.access != stale and self._clock() < tok.expires_at:
+                return tok.access
+            new = None
+            if tok is not None and tok.refresh:
+                try:
+                    new = self._fetch_token({"grant_type": "refresh_token", "refresh_token": tok.refresh})
+                except PermanentError:
+                    new = None  # refresh refused: fall back to the credentials
+            if new is None:
+                new = self._fetch_token(self._grant)
+            self._token = new
+            return new.access
+
+    def request(self, method: str, path: str, *, retry: bool = True, **kwargs: Any) -> Any:
+        """An authenticated call; a 401 renews the token once, a second 401 is permanent."""
+        headers = dict(kwargs.pop("headers", None) or {})
+        stale: str | None = None
+        for attempt in range(2):
+            tok = self.token(stale=stale)
+            try:
+                return self.http.request(method, path, retry=retry,
+                                         headers={**headers, "Authorization": f"Bearer {tok}"}, **kwargs)
+            except HttpError as exc:
+                if exc.status != 401:
+                    raise
+                if attempt:
+                    raise PermanentError(f"ShotGrid at {self.site} refused a fresh access token for "
+                                         f"{self.who}: {exc.message}") from None
+                stale = tok
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # ---- entities -------------------------------------------------------------------------------
+    def search(self, entity_type: str, filters: list[Any] | dict[str, Any], fields: list[str], *,
+               sort: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        """``POST /entity/{type}/_search``, every page (stops on a short or empty page)."""
+        ctype = ARRAY_CT if isinstance(filters, list) else HASH_CT
+        size = min(limit or self.settings.page_size, self.settings.page_size)
+        out: list[dict[str, Any]] = []
+        for number in range(1, 10_000):
+            body: dict[str, Any] = {"filters": filters, "fields": fields, "page": {"size": size, "number": number}}
+            if sort:
+                body["sort"] = sort
+            resp = self.request("POST", f"entity/{slug(entity_type)}/_search", data=json.dumps(body),
+                                headers={"Content-Type": ctype})
+            rows = (resp or {}).get("data") or []
+            out.extend(flatten(r) for r in rows)
+            if limit is not None and len(out) >= limit:
+                return out[:limit]
+            if len(rows) < size:
+                break
+        return out
+
+    def find_one(self, entity_type: str, filters: list[Any] | dict[str, Any], fields: list[str],
+                 *, sort: str | None = "id") -> dict[str, Any] | None:
+        rows = self.search(entity_type, filters, fields, sort=sort, limit=1)
+        return rows[0] if rows else None
+
+    def read(self, entity_type: str, rid: int, fields: list[str]) -> dict[str, Any] | None:
+        resp = self.request("GET", f"entity/{slug(entity_type)}/{rid}", params={"fields": ",".join(fields)},
+                            ok_statuses=(404,))
+        if not isinstance(resp, dict) or "data" not in resp:
+            return None
+        return flatten(resp["data"])
+
+    def create(self, entity_type: str, data: dict[str, Any]) -> dict[str, Any]:
+        """Never retried here: whether a failed create landed is unknown, the caller searches."""
+        resp = self.request("POST", f"entity/{slug(entity_type)}", retry=False, data=json.dumps(data),
+                            headers={"Content-Type": "application/json"})
+        return flatten(resp["data"])
+
+    def field_exists(self, entity_type: str, name: str) -> bool:
+        resp = self.request("GET", f"schema/{entity_type}/fields/{name}", ok_statuses=(404,))
+        return isinstance(resp, dict) and "data" in resp
+
+    def upload(self, entity_type: str, rid: int, field: str, path: str) -> None:
+        """The three-step upload: ask for a target, PUT the bytes, complete."""
+        name = os.path.basename(path)
+        info = self.request("GET", f"entity/{slug(entity_type)}/{rid}/{field}/_upload", params={"filename": name})
+        target = urlsplit(info["links"]["upload"])
+        site = urlsplit(self.site)
+        if target.hostname == site.hostname:  # the API guesses scheme/port for on-site storage
+            target = target._replace(scheme=site.scheme, netloc=site.netloc)
+        ctype = {"jpg": "image/jpeg", "jpeg": "image/jpeg", "png": "image/png", "gif": "image/gif"}.get(
+            name.rsplit(".", 1)[-1].lower(), "application/octet-stream")
+        with open(path, "rb") as fh:
+            payload = fh.read()
+        # a presigned URL: no bearer token (the storage service would refuse it)
+        self.http.request("PUT", urlunsplit(target), data=payload, headers={"Content-Type": ctype})
+        complete = info["links"]["complete_upload"]
+        complete = re.sub(r"^/api/v1(\.\d+)?", "", complete)
+        self.request("POST", complete, data=json.dumps({"upload_info": info["data"], "upload_data": {}}),
+                     headers={"Content-Type": "application/json"})
+
+    def close(self) -> None:
+        self.http.close()
+
+
+class _Cache:
+    """Positive lookups kept for ``ttl`` seconds (a miss is asked again next time, so an entity
+    created on the site meanwhile is found)."""
+
+    def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl, self.clock = ttl, clock
+        self._data: dict[Any, tuple[float, Any]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: Any) -> Any:
+        with self._lock:
+            hit = self._data.get(key)
+            if hit and self.clock() < hit[0]:
+                return hit[1]
+            self._data.pop(key, None)
+            return None
+
+    def put(self, key: Any, value: Any) -> Any:
+        if value is not None and self.ttl > 0:
+            with self._lock:
+                self._data[key] = (self.clock() + self.ttl, value)
+        return value
+
+
+class ShotGridBackend(Backend):
+    name = "shotgrid"
+    Settings = ShotGridSettings
+
+    def __init__(self, settings: ShotGridSettings, context: BackendContext) -> None:
+        # relative file settings are relative to the configuration file's directory
+        files = {k: _relative_to(getattr(settings, k), context.config_dir)
+                 for k in ("script_key_file", "password_file", "ca_bundle")}
+        settings = settings.model_copy(update=files)
+        super().__init__(settings, context)
+        self.client = ShotGridClient(settings)
+        self.cache = _Cache(settings.cache_ttl)
+        self._create_locks: dict[Any, threading.Lock] = {}
+        self._locks_lock = threading.Lock()
+
+    # ---- publish --------------------------------------------------------------------------------
+    def publish(self, job: Job) -> TrackerRef:
+        p = job.publish
+        project = self._project(p)
+        storage, rel = self._storage(p)
+        entity = self._entity(p, project) if p.entity else None
+        task = self._task(p, project, entity) if p.task else None
+        pftype = self._publish_type(p.publish_type) if p.publish_type else None
+        where = self._where(p, project)
+
+        pf_id = job.state.get("published_file_id")
+        if pf_id is None and (job.uncertain or job.state.get("publish_sent")):
+            found = self._find_published_file(project, storage, rel, p.version)
+            pf_id = found["id"] if found else None
+        if pf_id is None:
+            data = self._published_file_data(p, project, storage, rel, entity, task, pftype)
+            job.remember(publish_sent=True)
+            try:
+                pf_id = self.client.create("PublishedFile", data)["id"]
+            except HttpError as exc:
+                raise PermanentError(f"ShotGrid refused the PublishedFile '{data['code']}' for {where}: "
+                                     f"{exc.message}") from None
+        if job.state.get("published_file_id") != pf_id:
+            job.remember(published_file_id=pf_id)
+        pf = {"type": "PublishedFile", "id": pf_id}
+
+        version = None
+        if self.settings.version_for_review and p.extension in {e.lower() for e in self.settings.review_extensions}:
+            version = self._version(job, p, project, entity, task, pf, where)
+        if self.settings.thumbnail and not job.state.get("thumbnail_done"):
+            self._thumbnail(job, p, [pf] + ([version] if version else []))
+        return TrackerRef(id=str(pf_id), url=f"{self.client.site}/detail/PublishedFile/{pf_id}")
+
+    def _where(self, p: Publish, project: dict[str, Any]) -> str:
+        ent = f"{p.entity.type} '{p.entity.name}'" if p.entity else "the project"
+        bits = [ent, f"project '{project.get('name')}'"]
+        if p.task:
+            bits.append(f"task '{p.task}'")
+        if p.publish_type:
+            bits.append(f"type '{p.publish_type}'")
+        return ", ".join(bits)
+
+    def _published_file_data(self, p: Publish, project: dict[str, Any], storage: dict[str, Any], rel: str,
+                             entity: dict[str, Any] | None, task: dict[str, Any] | None,
+                             pftype: dict[str, Any] | None) -> dict[str, Any]:
+        """register_publish's dict, in its order: the four overridable fields, then sg_fields
+        (``extra_fields``), then everything else."""
+        data: dict[str, Any] = {"description": p.description or None, "name": p.name, "task": link(task),
+                                "version_number": p.version}
+        data.update(self.settings.extra_fields)
+        if self.settings.created_by is not None:
+            data["created_by"] = {"type": "HumanUser", "id": self.settings.created_by}
+        if pftype is not None:
+            data["published_file_type"] = link(pftype)
+        data["entity"] = link(entity) if entity else link(project)
+        data["project"] = link(project)
+        data["code"] = rel.rsplit("/", 1)[-1]
+        data["path"] = {"relative_path": rel, "local_storage": link(storage)}
+        data["path_cache"] = rel
+        data["path_cache_storage"] = link(storage)
+        if self.settings.status:
+            data["sg_status_list"] = self.settings.status
+        if self.settings.frame_range_field and p.frames:
+            data[self.settings.frame_range_field] = p.frames
+        return data
+
+    def _find_published_file(self, project: dict[str, Any], storage: dict[str, Any], rel: str,
+                             version: int | None) -> dict[str, Any] | None:
+        """The idempotency probe: same project, storage, path_cache and version number."""
+        return self.client.find_one("PublishedFile", [
+            ["project", "is", link(project)], ["path_cache_storage", "is", link(storage)],
+            ["path_cache", "is", rel], ["version_number", "is", version]], ["code", "path_cache"])
+
+    # ---- lookups --------------------------------------------------------------------------------
+    def _lock_for(self, key: Any) -> threading.Lock:
+        with self._locks_lock:
+            return self._create_locks.setdefault(key, threading.Lock())
+
+    def _project_ref(self, p: Publish) -> int | str:
+        if self.settings.project_key and p.fields.get(self.settings.project_key) not in (None, ""):
+            return str(p.fields[self.settings.project_key])
+        if p.project:
+            return p.project
+        if self.settings.project is not None:
+            return self.settings.project
+        raise PermanentError(f"no project for {p.path}: the publish names none"
+                             + (f", template key '{self.settings.project_key}' is not in its fields"
+                                if self.settings.project_key else "")
+                             + " and tracker.project is not set")
+
+    def _project(self, p: Publish) -> dict[str, Any]:
+        return self.project(self._project_ref(p))
+
+    def project(self, ref: int | str) -> dict[str, Any]:
+        """A Project by id, else by ``name`` or ``tank_name`` (the project folder)."""
+        key = ("Project", ref)
+        hit = self.cache.get(key)
+        if hit:
+            return hit
+        fields = ["name", "tank_name"]
+        if isinstance(ref, int):
+            rec = self.client.read("Project", ref, fields)
+            if rec is None:
+                raise PermanentError(f"no Project with id {ref} on {self.client.site}")
+        else:
+            rows = self.client.search("Project", {"logical_operator": "or", "conditions": [
+                ["name", "is", ref], ["tank_name", "is", ref]]}, fields, sort="id")
+            if not rows:
+                raise PermanentError(f"no Project named '{ref}' (by name or tank_name) on {self.client.site}")
+            rows.sort(key=lambda r: (str(r.get("name") or "").lower() != ref.lower(), r["id"]))
+            rec = rows[0]
+        return self.cache.put(key, rec)
+
+    def storages(self) -> list[dict[str, Any]]:
+        hit = self.cache.get("LocalStorage")
+        if hit is not None:
+            return hit
+        rows = self.client.search("LocalStorage", [], ["code", "linux_path", "mac_path", "windows_path"], sort="id")
+        return self.cache.put("LocalStorage", rows)
+
+    def storage_for_root(self, root_name: str, root_path: str) -> dict[str, Any]:
+        """The LocalStorage whose current-OS path holds the root (deepest wins), or the one
+        ``storages:`` names for it."""
+        norm_root = _norm_path(root_path)
+        wanted = self.settings.storages.get(root_name)
+        candidates = []
+        for s in self.storages():
+            spath = _norm_path(s.get(OS_PATH_FIELD) or "")
+            if wanted is not None and wanted not in (s["id"], s.get("code")):
+                continue
+            if wanted is not None and not spath:
+                raise PermanentError(f"LocalStorage '{s.get('code')}' (named for root '{root_name}' in "
+                                     f"tracker.storages) has no {OS_PATH_FIELD}")
+            if spath and (norm_root.lower() == spath.lower() or norm_root.lower().startswith(spath.lower() + "/")):
+                candidates.append((len(spath), s["id"], s))
+            elif wanted is not None:
+                raise PermanentError(f"LocalStorage '{s.get('code')}' ({OS_PATH_FIELD} {s.get(OS_PATH_FIELD)}) "
+                                     f"does not hold root '{root_name}' at {root_path}")
+        if not candidates:
+            if wanted is not None:
+                raise PermanentError(f"tracker.storages names LocalStorage {wanted!r} for root '{root_name}', "
+                                     "but the site has none by that code or id")
+            known = ", ".join(f"{s.get('code')} ({s.get(OS_PATH_FIELD) or 'no ' + OS_PATH_FIELD})"
+                              for s in self.storages()) or "none"
+            raise PermanentError(f"no LocalStorage holds root '{root_name}' at {root_path}: add one in Site "
+                                 f"Preferences > File Management whose {OS_PATH_FIELD} is that path or a parent "
+                                 f"(storages on the site: {known})")
+        return max(candidates, key=lambda c: (c[0], c[1]))[2]
+
+    def _storage(self, p: Publish) -> tuple[dict[str, Any], str]:
+        root_path = str(self.context.roots.get(p.root) or p.root_path)
+        storage = self.storage_for_root(p.root, root_path)
+        spath = _norm_path(storage[OS_PATH_FIELD])
+        path = _norm_path(p.path)
+        if not path.lower().startswith(spath.lower() + "/"):
+            raise PermanentError(f"{p.path} is not under LocalStorage '{storage.get('code')}' at {spath}")
+        return storage, path[len(spath):].lstrip("/")  # Toolkit's path_cache: keeps the file's case
+
+    def _creatable(self, entity_type: str) -> bool:
+        allowed = self.settings.create_missing_entities
+        if allowed is True:
+            return entity_type in DEFAULT_CREATABLE
+        return bool(allowed) and entity_type in allowed
+
+    def _entity(self, p: Publish, project: dict[str, Any]) -> dict[str, Any]:
+        assert p.entity is not None
+        return self.entity(p.entity.type, p.entity.name, project, p.fields)
+
+    def entity(self, entity_type: str, code: str, project: dict[str, Any],
+               fields: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Shot/Asset/Sequence/... by ``code`` in the project; created when the rule allows."""
+        key = (entity_type, project["id"], code.lower())
+        hit = self.cache.get(key)
+        if hit:
+            return hit
+        rec = self._find_entity(entity_type, code, project, fields or {})
+        if rec is None and self._creatable(entity_type):
+            with self._lock_for(key):
+                rec = self._find_entity(entity_type, code, project, fields or {}) or \
+                    self._create_entity(entity_type, code, project, fields or {})
+        if rec is None:
+            raise PermanentError(f"no {entity_type} '{code}' in project '{project.get('name')}' "
+                                 f"(create it in ShotGrid, or allow tracker.create_missing_entities)")
+        return self.cache.put(key, rec)
+
+    def _find_entity(self, entity_type: str, code: str, project: dict[str, Any],
+                     fields: dict[str, Any]) -> dict[str, Any] | None:
+        want = ["code"] + (["sg_sequence"] if entity_type == "Shot" else [])
+        try:
+            rows = self.client.search(entity_type, [["project", "is", link(project)], ["code", "is", code]],
+                                      want, sort="id")
+        except HttpError as exc:
+            raise PermanentError(f"cannot look up {entity_type} '{code}' in project '{project.get('name')}': "
+                                 f"{exc.message}") from None
+        if len(rows) > 1 and entity_type == "Shot" and fields.get("Sequence"):
+            seq = str(fields["Sequence"]).lower()
+            narrowed = [r for r in rows if str((r.get("sg_sequence") or {}).get("name") or "").lower() == seq]
+            rows = narrowed or rows
+        if len(rows) > 1:
+            log.warning("%d %s named '%s' in project '%s'; using id %s", len(rows), entity_type, code,
+                        project.get("name"), rows[0]["id"])
+        return rows[0] if rows else None
+
+    def _create_entity(self, entity_type: str, code: str, project: dict[str, Any],
+                       fields: dict[str, Any]) -> dict[str, Any]:
+        data: dict[str, Any] = {"project": link(project), "code": code}
+        if entity_type == "Shot" and fields.get("Sequence"):
+            data["sg_sequence"] = link(self.entity("Sequence", str(fields["Sequence"]), project))
+        if entity_type == "Asset" and fields.get("sg_asset_type"):
+            data["sg_asset_type"] = str(fields["sg_asset_type"])
+        try:
+            rec = self.client.create(entity_type, data)
+        except HttpError as exc:
+            raise PermanentError(f"ShotGrid refused to create {entity_type} '{code}' in project "
+                                 f"'{project.get('name')}': {exc.message}") from None
+        log.info("created %s '%s' (id %s) in project '%s'", entity_type, code, rec["id"], project.get("name"))
+        return rec
+
+    def _task(self, p: Publish, project: dict[str, Any], entity: dict[str, Any] | None) -> dict[str, Any] | None:
+        assert p.task is not None
+        parent = entity or project
+        key = ("Task", parent["type"], parent["id"], p.task.lower())
+        hit = self.cache.get(key)
+        if hit:
+            return hit
+        name = p.task
+        try:
+            rows = self.client.search("Task", {"logical_operator": "and", "conditions": [
+                ["entity", "is", link(parent)],
+                {"logical_operator": "or", "conditions": [
+                    ["content", "is", name], ["step.Step.code", "is", name], ["step.Step.short_name", "is", name]]}]},
+                ["content", "step"], sort="id")
+        except HttpError as exc:
+            raise PermanentError(f"cannot look up Task '{name}' on {parent['type']} {parent['id']}: "
+                                 f"{exc.message}") from None
+        if not rows:
+            if not self.settings.require_task:
+                return None
+            what = f"{p.entity.type} '{p.entity.name}'" if p.entity else f"project '{project.get('name')}'"
+            raise PermanentError(f"no Task '{name}' on {what} (looked for a Task whose content or Step "
+                                 "code/short name is that); create it, or set tracker.require_task: false")
+        exact = [r for r in rows if str(r.get("content") or "").lower() == name.lower()]
+        chosen = (exact or rows)[0]
+        if len(exact or rows) > 1:
+            log.warning("%d tasks match '%s' on %s %s; using '%s' (id %s)", len(exact or rows), name,
+                        parent["type"], parent["id"], chosen.get("content"), chosen["id"])
+        return self.cache.put(key, chosen)
+
+    def publish_type(self, code: str, *, create: bool | None = None) -> dict[str, Any] | None:
+        key = ("PublishedFileType", code.lower())
+        hit = self.cache.get(key)
+        if hit:
+            return hit
+        rec = self.client.find_one("PublishedFileType", [["code", "is", code]], ["code"])
+        if rec is None and (self.settings.create_publish_types if create is None else create):
+            with self._lock_for(key):
+                rec = self.client.find_one("PublishedFileType", [["code", "is", code]], ["code"])
+                if rec is None:
+                    try:
+                        rec = self.client.create("PublishedFileType", {"code": code})
+                    except HttpError as exc:
+                        raise PermanentError(f"ShotGrid refused to create PublishedFileType '{code}': "
+                                             f"{exc.message}") from None
+                    log.info("created PublishedFileType '%s' (id %s)", code, rec["id"])
+        return self.cache.put(key, rec)
+
+    def _publish_type(self, code: str) -> dict[str, Any]:
+        rec = self.publish_type(code)
+        if rec is None:
+            raise PermanentError(f"no PublishedFileType '{code}' on {self.client.site} (create it, or set "
+                                 "tracker.create_publish_types: true)")
+        return rec
+
+    # ---- review Version and thumbnail -------------------------------------------------------------
+    def _version(self, job: Job, p: Publish, project: dict[str, Any], entity: dict[str, Any] | None,
+                 task: dict[str, Any] | None, pf: dict[str, Any], where: str) -> dict[str, Any]:
+        vid = job.state.get("version_id")
+        if vid is None and (job.uncertain or job.state.get("version_sent")):
+            found = self.client.find_one("Version", [["project", "is", link(project)],
+                                                     ["published_files", "is", pf]], ["code"])
+            vid = found["id"] if found else None
+        if vid is None:
+            data = self._version_data(p, project, entity, task, pf)
+            job.remember(version_sent=True)
+            try:
+                vid = self.client.create("Version", data)["id"]
+            except HttpError as exc:
+                raise PermanentError(f"ShotGrid refused the review Version '{data['code']}' for {where}: "
+                                     f"{exc.message}") from None
+        if job.state.get("version_id") != vid:
+            job.remember(version_id=vid)
+        return {"type": "Version", "id": vid}
+
+    def _version_data(self, p: Publish, project: dict[str, Any], entity: dict[str, Any] | None,
+                      task: dict[str, Any] | None, pf: dict[str, Any]) -> dict[str, Any]:
+        base = os.path.splitext(os.path.basename(p.path))[0]
+        code = re.sub(r"[._]?(%0?\d*d|#+|@+)$", "", base) or base
+        data: dict[str, Any] = {"project": link(project), "code": code, "entity": link(entity or project),
+                                "sg_task": link(task), "description": p.description or None,
+                                "published_files": [pf]}
+        if p.extension in MOVIE_EXTENSIONS:
+            data["sg_path_to_movie"] = p.path
+        else:
+            data["sg_path_to_frames"] = p.path
+        frames = p.frame_numbers()
+        if frames:
+            first, last = min(frames), max(frames)
+            data.update(sg_first_frame=first, sg_last_frame=last, frame_count=last - first + 1,
+                        frame_range=f"{first}-{last}")
+        if self.settings.created_by is not None:
+            data["created_by"] = {"type": "HumanUser", "id": self.settings.created_by}
+            data["user"] = {"type": "HumanUser", "id": self.settings.created_by}
+        if self.settings.version_status:
+            data["sg_status_list"] = self.settings.version_status
+        return data
+
+    def _thumbnail(self, job: Job, p: Publish, targets: list[dict[str, Any]]) -> None:
+        """Upload a thumbnail to the publish (and its Version). A refusal or a failing command is
+        logged, not fatal: the publish itself exists; a transient error retries the job."""
+        frames = p.frame_numbers()
+        source = p.frame_path(frames[len(frames) // 2]) if frames else p.path
+        with tempfile.TemporaryDirectory(prefix="watcher-thumb-") as tmp:
+            image = self._thumbnail_image(source, p, tmp)
+            if image is None:
+                job.remember(thumbnail_done=True)
+                return
+            for target in targets:
+                try:
+                    self.client.upload(target["type"], target["id"], "image", image)
+                except RetryableError:
+                    raise
+                except PublishError as exc:
+                    log.warning("thumbnail for %s %s not uploaded: %s", target["type"], target["id"], exc.message)
+        job.remember(thumbnail_done=True)
+
+    def _thumbnail_image(self, source: str, p: Publish, tmp: str) -> str | None:
+        if self.settings.thumbnail_command:
+            out = os.path.join(tmp, "thumbnail.jpg")
+            argv = [a.replace("{input}", source).replace("{output}", out) for a in self.settings.thumbnail_command]
+            try:
+                done = subprocess.run(argv, capture_output=True, timeout=self.settings.thumbnail_timeout)
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                log.warning("thumbnail command %s failed: %s", shlex.join(argv), exc)
+                return None
+            if done.returncode != 0 or not os.path.isfile(out):
+                log.warning("thumbnail command %s exited %s: %s", shlex.join(argv), done.returncode,
+                            done.stderr.decode(errors="replace")[-500:])
+                return None
+            return out
+        if p.extension in {e.lower() for e in self.settings.thumbnail_extensions} and os.path.isfile(source):
+            return source
+        return None
+
+    # ---- check ----------------------------------------------------------------------------------
+    def check(self) -> list[CheckResult]:
+        s = self.settings
+        out: list[CheckResult] = []
+        try:
+            self.client.authenticate()
+            out.append(CheckResult(True, "credentials", f"{self.client.who} at {self.client.site}"))
+        except PublishError as exc:
+            return [CheckResult(False, "credentials", exc.message)]
+        out += self._check_step("project", self._check_project)
+        names = list(dict.fromkeys(list(s.publish_types) + list(getattr(self.context, "publish_types", None) or [])))
+        for name in names:
+            out += self._check_step(f"publish type '{name}'", lambda n=name: self._check_type(n))
+        if not names:
+            out += self._check_step("publish types", self._check_types_readable)
+        for root_name, root_path in sorted(self.context.roots.items()):
+            out += self._check_step(f"local storage for root '{root_name}'",
+                                    lambda r=root_name, pth=root_path: self._check_storage(r, str(pth)))
+        if s.created_by is not None:
+            out += self._check_step(f"created_by HumanUser {s.created_by}", self._check_user)
+        fields = [("PublishedFile", f) for f in ([s.frame_range_field] if s.frame_range_field else [])
+                  + list(s.extra_fields)]
+        if s.version_for_review:
+            fields += [("Version", f) for f in ("sg_path_to_frames", "sg_first_frame", "sg_last_frame",
+                                                "frame_range", "published_files")]
+        for etype, fname in fields:
+            out += self._check_step(f"field {etype}.{fname}", lambda e=etype, f=fname: self._check_field(e, f))
+        return out
+
+    def _check_step(self, what: str, fn: Callable[[], str]) -> list[CheckResult]:
+        try:
+            return [CheckResult(True, what, fn())]
+        except PublishError as exc:
+            return [CheckResult(False, what, exc.message)]
+
+    def _check_project(self) -> str:
+        if self.settings.project is None:
+            if self.settings.project_key:
+                return f"taken per publish from template key '{self.settings.project_key}'"
+            return "not set: each publish must name its project (publishes: rule)"
+        rec = self.project(self.settings.project)
+        tank = rec.get("tank_name")
+        detail = f"'{rec.get('name')}' (id {rec['id']}, tank_name '{tank}')"
+        if not tank:
+            detail += "; tank_name is empty, Toolkit paths will not resolve"
+        return detail
+
+    def _check_type(self, name: str) -> str:
+        rec = self.publish_type(name, create=False)
+        if rec is not None:
+            return f"id {rec['id']}"
+        if self.settings.create_publish_types:
+            return "missing; it will be created on the first publish (create_publish_types: true)"
+        raise PermanentError(f"no PublishedFileType '{name}' and create_publish_types is false")
+
+    def _check_types_readable(self) -> str:
+        rows = self.client.search("PublishedFileType", [], ["code"], limit=self.settings.page_size)
+        return f"{len(rows)} on the site" + ("" if self.settings.create_publish_types else "; creation off")
+
+    def _check_storage(self, root_name: str, root_path: str) -> str:
+        st = self.storage_for_root(root_name, root_path)
+        spath = _norm_path(st[OS_PATH_FIELD])
+        rel = _norm_path(root_path)[len(spath):].lstrip("/")
+        return (f"LocalStorage '{st.get('code')}' (id {st['id']}, {OS_PATH_FIELD} {st[OS_PATH_FIELD]}); "
+                f"path_cache starts '{rel + '/' if rel else ''}...'")
+
+    def _check_user(self) -> str:
+        rec = self.client.read("HumanUser", int(self.settings.created_by or 0), ["login", "name"])
+        if rec is None:
+            raise PermanentError(f"no HumanUser with id {self.settings.created_by}")
+        return f"'{rec.get('name')}' (login {rec.get('login')})"
+
+    def _check_field(self, etype: str, fname: str) -> str:
+        if not self.client.field_exists(etype, fname):
+            raise PermanentError(f"{etype} has no field '{fname}' on this site (add it in the field "
+                                 "settings, or fix the name)")
+        return "exists"
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _relative_to(path: Path | None, base: Path) -> Path | None:
+    if path is None:
+        return None
+    path = path.expanduser()
+    return path if path.is_absolute() else Path(base) / path
+
+
+def _norm_path(path: str) -> str:
+    """Forward slashes, no duplicate or trailing separators (Toolkit's ShotgunPath.normalize)."""
+    p = path.replace("\\", "/")
+    lead = "//" if p.startswith("//") else ""
+    p = lead + re.sub(r"/+", "/", p[len(lead):])
+    return p.rstrip("/") if len(p) > 1 else p
+
+
+__all__ = ["ShotGridBackend", "ShotGridSettings", "ShotGridClient", "slug", "describe_error"]
