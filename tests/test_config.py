@@ -44,7 +44,7 @@ def test_missing_root_path_names_file_key_and_reason(tmp_path):
     ("roots:\n  - {name: a, path: shows, templates: tpl.yml, observer: inotify}\n", "roots[0].observer: Input should be"),
     ("roots:\n  - {name: a, path: shows, templates: tpl.yml}\nsettle_secs: 3\n", "settle_secs: unknown setting"),
     ("roots:\n  - {name: a, path: shows, templates: tpl.yml}\nsettle_seconds: -1\n", "settle_seconds: Input should be greater"),
-    ("roots:\n  - {name: a, path: shows, templates: tpl.yml}\njournal: mysql://x\n", "journal: 'mysql://x' is not a journal URL"),
+    ("roots:\n  - {name: a, path: shows, templates: tpl.yml}\njournal: mysql://u:pw@x\n", "journal: 'mysql://...' is not a journal URL"),
     ("roots:\n  - {name: a, path: shows, templates: nope.yml}\n", "roots[0].templates:"),
     ("roots:\n  - {name: a, path: shows, templates: tpl.yml}\n  - {name: a, path: shows, templates: tpl.yml}\n", "two roots are named 'a'"),
     ("roots: [\n", "invalid YAML"),

@@ -87,7 +87,9 @@ class Settings(BaseSettings):
     @classmethod
     def _journal_url(cls, v: str | None) -> str | None:
         if v is not None and not v.startswith(("sqlite://", "postgresql://", "postgres://")):
-            raise ValueError(f"{v!r} is not a journal URL; use sqlite:////abs/path.db or postgresql://user@host/db")
+            scheme = v.split("://", 1)[0] if "://" in v else v[:12]  # never echo a password in the URL
+            raise ValueError(f"'{scheme}://...' is not a journal URL; use sqlite:////abs/path.db or "
+                             "postgresql://user@host/db")
         return v
 
     @model_validator(mode="after")

@@ -43,6 +43,7 @@ QUEUE_SIZE = 50_000
 # events, indistinguishable from real ones; creates this soon after their directory appeared
 # are treated as synthetic: no close event may ever follow them.
 NEW_DIR_WINDOW = 2.0
+LEASE_SECONDS = 900.0  # a publishing row is ours this long without renewal
 
 
 @dataclass
@@ -124,7 +125,7 @@ class Service:
             self.scanner.add_root(r.name, r.path, r.ignorer)
         self.publishers = Publishers(self.journal, self.backend, self.agent, workers=settings.workers,
                                      max_attempts=settings.max_attempts, retry_base=settings.retry_base_seconds,
-                                     retry_cap=settings.retry_cap_seconds)
+                                     retry_cap=settings.retry_cap_seconds, lease_seconds=LEASE_SECONDS)
         self._halt = threading.Event()
         self._pipeline = threading.Thread(target=self._pipeline_loop, name="pipeline", daemon=True)
         self._supervisor = threading.Thread(target=self._supervise, name="supervisor", daemon=True)
@@ -256,13 +257,34 @@ class Service:
     def _supervise(self) -> None:
         interval = self.settings.rescan_interval
         next_full = {n: time.monotonic() + interval * random.uniform(0.75, 1.25) for n in self.roots}
+        next_lease = time.monotonic()
         while not self._halt.wait(2.0):
+            if time.monotonic() >= next_lease:
+                next_lease = time.monotonic() + LEASE_SECONDS / 6
+                self._leases()
             for r in self.roots.values():
                 try:
                     self._check_root(r, next_full, interval)
                 except Exception:
                     log.exception("root %s: supervisor check failed", r.name)
             self._write_status()
+
+    def _leases(self) -> None:
+        """Keep our in-flight publishes leased, and take back rows whose agent died (another
+        machine sharing a PostgreSQL journal, or a killed process on this one)."""
+        now = time.time()
+        for row_id in self.publishers.inflight():
+            try:
+                self.journal.renew(row_id, self.agent, now + LEASE_SECONDS)
+            except TransitionError:
+                pass  # it finished meanwhile
+            except Exception:
+                log.warning("journal: cannot renew the lease of publish %d", row_id, exc_info=True)
+        try:
+            if self.journal.recover(self.agent, now, pid_alive):
+                self.publishers.wake()
+        except Exception:
+            log.warning("journal: recovery of stale publishes failed", exc_info=True)
 
     def _check_root(self, r: RootRuntime, next_full: dict[str, float], interval: float) -> None:
         present = os.path.isdir(r.path)

@@ -43,6 +43,10 @@ class Publishers:
         with self._cv:
             self._cv.notify_all()
 
+    def inflight(self) -> list[int]:
+        with self._cv:
+            return list(self._inflight)
+
     @property
     def busy(self) -> int:
         with self._cv:
@@ -97,6 +101,8 @@ class Publishers:
                 self._inflight[row.id] = skey
             try:
                 self._publish(row, job)
+            except Exception:  # a journal outage mid-publish: the row stays leased, recover() brings it back
+                log.exception("publish %s: could not record the outcome in the journal", row.publish.path)
             finally:
                 with self._cv:
                     self._inflight.pop(row.id, None)

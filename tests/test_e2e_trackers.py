@@ -1,0 +1,133 @@
+"""End to end through the watch pipeline into the tracker fakes: files dropped in a watched root
+become tracker records; an outage in the middle of a burst loses nothing and duplicates nothing."""
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from watcher.journal.base import Status
+
+from .agent import rows, running, settings, wait_for, write_frames
+from .fake_ftrack import FakeFtrack
+from .fake_shotgrid import FakeShotGrid, standard_site
+
+SHOTS = [f"sh{n:03d}" for n in range(20, 32)]
+
+
+def drop_shot(root: Path, shot: str, frames: int = 12) -> None:
+    write_frames(root / f"seq/sq01/{shot}/comp/render/beauty/v002", "beauty", range(1001, 1001 + frames), size=512)
+    work = root / f"seq/sq01/{shot}/comp/work"
+    work.mkdir(parents=True, exist_ok=True)
+    (work / f"{shot}_main_v002.nk").write_text("Root {}\n" * 30)
+
+
+def burst_with_outage(root: Path, outage_on, outage_off) -> None:
+    """Half the shots, then the tracker goes away while the other half lands, then comes back."""
+    for shot in SHOTS[:6]:
+        drop_shot(root, shot)
+    time.sleep(0.6)
+    outage_on()
+    for shot in SHOTS[6:]:
+        drop_shot(root, shot)
+    time.sleep(2.0)
+    outage_off()
+
+
+# -- ShotGrid ------------------------------------------------------------------------------
+@pytest.fixture
+def sg(tmp_path):
+    studio = tmp_path / "studio"
+    (studio / "demo").mkdir(parents=True)
+    fake = FakeShotGrid().start()
+    ids = standard_site(fake, str(studio))
+    for shot in SHOTS:
+        s = fake.add("Shot", code=shot, project=ids["project"], sg_sequence=ids["seq"])
+        fake.add("Task", content="comp", project=ids["project"], entity=s, step=ids["step_comp"])
+    fake.site = ids
+    yield fake, studio
+    fake.stop()
+
+
+def test_shotgrid_end_to_end_with_an_outage_mid_burst(tmp_path, sg):
+    fake, studio = sg
+    s = settings(tmp_path, root=studio / "demo", workers=3, max_attempts=50,
+                 tracker={"backend": "shotgrid", "url": fake.url, "script_name": "watcher",
+                          "script_key": "s3cret-key-value", "project": "Demo Project", "retries": 1,
+                          "backoff_base": 0.01, "backoff_cap": 0.05, "timeout": 3,
+                          "frame_range_field": None})
+    with running(s):
+        burst_with_outage(s.roots[0].path, fake.pause, fake.resume)
+        fake.drop(2, after=True, method="POST")  # two creates land but their answers are lost
+        wait_for(lambda: len([r for r in rows(s) if r.status == Status.PUBLISHED]) == 2 * len(SHOTS), 60, 0.2)
+    assert any(r.attempts > 1 for r in rows(s)), "the outage never reached a publish"
+    pubs = fake.records("PublishedFile")
+    assert len(pubs) == 2 * len(SHOTS), "a publish was lost or duplicated"
+    keys = {(p["path_cache"], p["version_number"]) for p in pubs}
+    assert len(keys) == len(pubs)
+    seq = next(p for p in pubs if p["path_cache"].endswith("sh020/comp/render/beauty/v002/beauty.%04d.exr"))
+    assert seq["path_cache"] == "demo/seq/sq01/sh020/comp/render/beauty/v002/beauty.%04d.exr"
+    assert seq["version_number"] == 2 and seq["entity"]["type"] == "Shot"
+    assert fake.get("Shot", seq["entity"]["id"])["code"] == "sh020"
+    assert fake.get("Task", seq["task"]["id"])["content"] == "comp"
+    types = {fake.get("PublishedFileType", p["published_file_type"]["id"])["code"] for p in pubs}
+    assert types == {"Rendered Image", "Nuke Script"}
+    tracker_ids = {r.tracker_id for r in rows(s)}
+    assert tracker_ids == {str(p["id"]) for p in pubs}
+
+
+def test_shotgrid_missing_shot_fails_with_its_name_then_retry_publishes(tmp_path, sg):
+    fake, studio = sg
+    s = settings(tmp_path, root=studio / "demo",
+                 tracker={"backend": "shotgrid", "url": fake.url, "script_name": "watcher",
+                          "script_key": "s3cret-key-value", "project": "Demo Project", "retries": 0})
+    root = s.roots[0].path
+    with running(s) as svc:
+        drop_shot(root, "sh999", frames=3)
+        failed = wait_for(lambda: len([r for r in rows(s) if r.status == Status.FAILED]) == 2 and
+                          [r for r in rows(s) if r.status == Status.FAILED], 30)
+        assert all("no Shot 'sh999'" in r.last_error for r in failed)
+        assert fake.records("PublishedFile") == []
+        shot = fake.add("Shot", code="sh999", project=fake.site["project"], sg_sequence=fake.site["seq"])
+        fake.add("Task", content="comp", project=fake.site["project"], entity=shot, step=fake.site["step_comp"])
+        assert sorted(svc.journal.requeue(failed=True)) == sorted(r.id for r in failed)  # = `watcher retry --failed`
+        svc.publishers.wake()
+        wait_for(lambda: len([r for r in rows(s) if r.status == Status.PUBLISHED]) == 2, 30)
+    assert {p["entity"]["id"] for p in fake.records("PublishedFile")} == {shot["id"]}
+
+
+# -- ftrack --------------------------------------------------------------------------------
+@pytest.fixture
+def ft(tmp_path):
+    fake = FakeFtrack().start()
+    project = fake.add_project("demo", "Demo Project")
+    sq = fake.add_context("Sequence", "sq01", project)
+    for shot in SHOTS:
+        fake.add_task("comp", fake.add_context("Shot", shot, sq))
+    fake.add_asset_type("Image", "img")
+    fake.add_asset_type("Scene", "scene")
+    yield fake
+    fake.stop()
+
+
+def test_ftrack_end_to_end_with_an_outage_mid_burst(tmp_path, ft):
+    user, key = next(iter(ft.users.items()))
+    s = settings(tmp_path, workers=3, max_attempts=50,
+                 tracker={"backend": "ftrack", "server_url": ft.url, "api_user": user, "api_key": key,
+                          "project": "demo", "asset_types": {"Rendered Image": "img", "Nuke Script": "scene"},
+                          "retries": 1, "backoff_base": 0.01, "backoff_cap": 0.05, "timeout": 3})
+    with running(s):
+        burst_with_outage(s.roots[0].path, ft.down, ft.up)
+        ft.drop_next(2, after_apply=True)  # two batches land but their answers are lost
+        wait_for(lambda: len([r for r in rows(s) if r.status == Status.PUBLISHED]) == 2 * len(SHOTS), 60, 0.2)
+    assert any(r.attempts > 1 for r in rows(s)), "the outage never reached a publish"
+    versions = ft.records("AssetVersion")
+    assert len(versions) == 2 * len(SHOTS), "a publish was lost or duplicated"
+    assert all(v["is_published"] for v in versions) and {v["version"] for v in versions} == {2}
+    seqs = ft.records("SequenceComponent")
+    assert len(seqs) == len(SHOTS) and all(c["padding"] == 4 for c in seqs)
+    members = [c for c in ft.records("FileComponent") if c.get("container_id")]
+    assert len(members) == 12 * len(SHOTS)
+    assert len(ft.records("Asset")) == 2 * len(SHOTS)  # beauty (img) and main (scene) per shot
