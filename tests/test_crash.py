@@ -31,8 +31,18 @@ def config(tmp: Path) -> Path:
 
 
 def agent(cfg: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "watcher", "-c", str(cfg), "run"], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = open(cfg.parent / "agent.log", "a")
+    p = subprocess.Popen([sys.executable, "-m", "watcher", "-c", str(cfg), "run"], cwd=REPO,
+                         stdout=subprocess.DEVNULL, stderr=log, text=True)
+    log.close()
+    return p
+
+
+def started(cfg: Path, offset: int) -> bool:
+    """An agent has logged that it is up since the log had ``offset`` bytes."""
+    with open(cfg.parent / "agent.log") as f:
+        f.seek(offset)
+        return "watcher started" in f.read()
 
 
 class Settings:  # what tests.agent.rows/registry read
@@ -53,7 +63,7 @@ def test_sigterm_stops_within_10_seconds(tmp_path):
         p.send_signal(signal.SIGTERM)
         rc = p.wait(12)
         assert time.monotonic() - t0 < 10 and rc == 0
-        assert "watcher stopped" in p.stderr.read()
+        assert "watcher stopped" in (tmp_path / "agent.log").read_text()
     finally:
         if p.poll() is None:
             p.kill()
@@ -93,7 +103,9 @@ def test_kill_9_at_random_moments_publishes_every_sequence_exactly_once(tmp_path
             p.wait()
             kills += 1
         w.join()
+        offset = (cfg.parent / "agent.log").stat().st_size
         p = agent(cfg)
+        wait_for(lambda: started(cfg, offset), 30)
         s = Settings(tmp_path)
         wait_for(lambda: len([r for r in rows(s) if r.status == Status.PUBLISHED]) == len(expected), 90, 0.2)
         p.send_signal(signal.SIGTERM)

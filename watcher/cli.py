@@ -144,10 +144,10 @@ def _install_signals(stop: threading.Event) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from .service import Service
 
+    stop = threading.Event()
+    _install_signals(stop)  # first: a SIGTERM during start-up still means a clean stop
     settings = _settings(args)
     svc = Service(settings)
-    stop = threading.Event()
-    _install_signals(stop)
     svc.start()
     try:
         while not stop.wait(1.0):
@@ -163,9 +163,9 @@ def cmd_scan(args: argparse.Namespace) -> int:
         return _dry_run(settings, args.json)
     from .service import Service
 
-    svc = Service(settings, watch=False)
     stop = threading.Event()
     _install_signals(stop)
+    svc = Service(settings, watch=False)
     svc.start()
     t0 = time.monotonic()
     ok = True
@@ -314,8 +314,10 @@ def cmd_publishes(args: argparse.Namespace) -> int:
     for r in rows:
         d = r.to_json()
         ent = f"{d['entity']['type']} {d['entity']['name']}" if d["entity"] else "-"
-        print(f"{d['id']:>6}  {d['status']:<10}  {d['path']}{' [' + d['frames'] + ']' if d['frames'] else ''}  "
-              f"{ent}  v{d['version'] if d['version'] is not None else '-'}  "
+        frames = f" [{d['frames']}{', missing ' + d['missing_frames'] if d['missing_frames'] else ''}]" \
+            if d["frames"] else ""
+        print(f"{d['id']:>6}  {d['status']:<10}  {d['path']}{frames}  "
+              f"{ent}  {d['task'] or '-'}  {d['name']}  v{d['version'] if d['version'] is not None else '-'}  "
               f"{(d['tracker'] or '') + ' ' + (d['tracker_id'] or '') if d['tracker_id'] else ''}"
               + (f"\n        error: {d['error']}" if d["error"] and d["status"] != "published" else ""))
     return EXIT_OK
