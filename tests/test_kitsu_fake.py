@@ -1,0 +1,275 @@
+"""Kitsu backend branches a real Zou cannot be made to produce on demand, against FakeZou
+(same wire format and refusals as Zou 1.0.97 on the routes used). No Zou needed."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr, ValidationError
+
+from tests.fake_kitsu import FakeZou, nuke_script, render_sequence
+from watcher.errors import ConfigError, PermanentError, RetryableError
+from watcher.model import Job
+from watcher.publish.base import BackendContext
+from watcher.publish.kitsu import KitsuBackend, KitsuSettings, describe_zou_error
+
+
+@pytest.fixture
+def fake():
+    server = FakeZou().start()
+    yield server
+    server.stop()
+
+
+def make(fake: FakeZou, tmp_path: Path, **over) -> KitsuBackend:
+    args = dict(url=fake.url, token=SecretStr(FakeZou.BOT_TOKEN), project="Fake Show",
+                task_types={"comp": "Compositing"}, output_types={"nk": "Nuke", "exr": "EXR"},
+                retries=2, backoff_base=0.01, timeout=2)
+    args.update(over)
+    return KitsuBackend(KitsuSettings(**args), BackendContext(journal=None, config_dir=tmp_path, roots={}))
+
+
+def user(fake: FakeZou, tmp_path: Path, **over) -> KitsuBackend:
+    return make(fake, tmp_path, token=None, email=FakeZou.USER_EMAIL,
+                password=SecretStr(FakeZou.USER_PASSWORD), **over)
+
+
+def test_request_shapes(fake, tmp_path):
+    p = render_sequence(tmp_path, count=12, version=3, holes=(1005,))
+    job = Job(id=1, publish=p)
+    ref = make(fake, tmp_path).publish(job)
+    [of] = fake.output_files()
+    assert ref.id == of["id"] == job.state["output_file_id"]
+    assert (of["name"], of["revision"], of["representation"], of["extension"], of["nb_elements"]) == \
+        ("beauty", 3, "exr", ".exr", 11)
+    assert of["comment"].startswith("published by watcher [watcher ")
+    assert of["path"] == p.path and of["size"] == p.size and len(of["checksum"]) == 32
+    assert of["data"]["frames"] == "1001-1012" and of["data"]["missing_frames"] == "1005"
+    [c] = fake.comments()
+    assert c["object_id"] == fake.task["id"] and c["task_status_id"] == fake.todo["id"]
+    assert "11 frames 1001-1012, missing 1005" in c["text"]
+    # the create is never sent twice and the lookups come first
+    assert fake.count("POST", r"/output-files/new$") == 1
+    order = [m + " " + p for m, p in fake.requests]
+    assert order.index(f"GET /data/entities/{fake.shot['id']}/output-files") < \
+        order.index(f"POST /data/entities/{fake.shot['id']}/output-files/new")
+
+
+def test_lookups_are_cached(fake, tmp_path):
+    b = make(fake, tmp_path, comment=False)
+    for v in (1, 2, 3):
+        b.publish(Job(id=v, publish=nuke_script(tmp_path / str(v), version=v)))
+    assert fake.count("GET", r"^/data/projects$") == 1
+    assert fake.count("GET", r"^/data/entities$") == 2  # sequence, then shot
+    assert fake.count("GET", r"^/data/task-types$") == 1
+    assert len(fake.output_files()) == 3
+
+
+def test_cache_expires(fake, tmp_path):
+    b = make(fake, tmp_path, comment=False, cache_ttl=0)
+    b.publish(Job(id=1, publish=nuke_script(tmp_path / "a", version=1)))
+    time.sleep(0.01)
+    b.publish(Job(id=2, publish=nuke_script(tmp_path / "b", version=2)))
+    assert fake.count("GET", r"^/data/projects$") == 2
+
+
+@pytest.mark.parametrize("status, body, words", [
+    (400, {"message": "A record with the same unique values already exists."}, "same unique values already exists"),
+    (400, {"error": "Cannot find given output type."}, "Cannot find given output type."),
+    (400, {"error": True, "message": "Validation error.", "data": {"errors": [
+        {"field": "revision", "message": "Input should be a valid integer"}]}},
+     "Validation error. (revision: Input should be a valid integer)"),
+    (403, {"error": True, "message": "You are not allowed to do that."}, "You are not allowed to do that."),
+])
+def test_error_bodies_surface_the_servers_words(fake, tmp_path, status, body, words):
+    fake.fail("POST", r"/output-files/new$", status=status, body=body)
+    with pytest.raises(PermanentError) as err:
+        make(fake, tmp_path).publish(Job(id=1, publish=nuke_script(tmp_path, version=1)))
+    assert words in str(err.value)
+    assert "Shot SQ01/SH010" in str(err.value) and "'Compositing'" in str(err.value)
+
+
+def test_describe_zou_error_shapes():
+    assert describe_zou_error(401, {"msg": "Token has expired"}) == "HTTP 401: Token has expired"
+    assert describe_zou_error(502, "<html>bad gateway</html>") == "HTTP 502: <html>bad gateway</html>"
+    assert describe_zou_error(500, None) == "HTTP 500"
+
+
+def test_429_with_retry_after_is_honoured(fake, tmp_path):
+    fake.fail("GET", r"^/data/projects$", status=429, body={"message": "slow down"}, headers={"Retry-After": "0.3"})
+    t = time.monotonic()
+    make(fake, tmp_path).publish(Job(id=1, publish=nuke_script(tmp_path, version=1)))
+    assert time.monotonic() - t >= 0.3
+    assert fake.count("GET", r"^/data/projects$") == 2
+
+
+def test_5xx_on_lookups_is_retried(fake, tmp_path):
+    fake.fail("GET", r"/output-files$", status=503, body={"error": True, "message": "busy"}, times=2)
+    make(fake, tmp_path).publish(Job(id=1, publish=nuke_script(tmp_path, version=1)))
+    assert len(fake.output_files()) == 1
+
+
+def test_5xx_on_create_raises_retryable_then_uncertain_retry_creates_once(fake, tmp_path):
+    fake.fail("POST", r"/output-files/new$", status=502, body="<html>Bad Gateway</html>")
+    b = make(fake, tmp_path)
+    job = Job(id=1, publish=nuke_script(tmp_path, version=1))
+    with pytest.raises(RetryableError, match="Bad Gateway"):
+        b.publish(job)
+    assert fake.output_files() == [] and fake.count("POST", r"/output-files/new$") == 1  # not re-sent blindly
+    job.uncertain, job.attempts = True, 1
+    b.publish(job)
+    assert len(fake.output_files()) == 1
+
+
+def test_create_landed_but_answer_lost(fake, tmp_path):
+    fake.fail("POST", r"/output-files/new$", mode="lose")
+    ref = make(fake, tmp_path).publish(Job(id=1, publish=nuke_script(tmp_path, version=1)))
+    [of] = fake.output_files()
+    assert ref.id == of["id"] and of["path"] is not None
+
+
+def test_create_answer_lost_with_automatic_revision(fake, tmp_path):
+    """No version in the path: Zou picks the revision; the marker in the comment finds it."""
+    fake.fail("POST", r"/output-files/new$", mode="lose")
+    p = nuke_script(tmp_path, version=None)
+    ref = make(fake, tmp_path).publish(Job(id=1, publish=p))
+    [of] = fake.output_files()
+    assert ref.id == of["id"] and of["revision"] == 1
+    make(fake, tmp_path).publish(Job(id=1, publish=p, uncertain=True))
+    assert len(fake.output_files()) == 1
+
+
+def test_put_answer_lost_then_retry_completes(fake, tmp_path):
+    fake.fail("PUT", r"^/data/output-files/", mode="lose", times=3)  # every HttpClient attempt
+    b = make(fake, tmp_path)
+    job = Job(id=1, publish=nuke_script(tmp_path, version=1))
+    with pytest.raises(RetryableError):
+        b.publish(job)
+    job.uncertain = True
+    b.publish(job)
+    [of] = fake.output_files()
+    assert of["data"]["watcher_key"] == job.publish.key
+    assert fake.count("POST", r"/output-files/new$") == 1 and len(fake.comments()) == 1
+
+
+def test_dropped_connection_and_timeout_are_retryable(fake, tmp_path):
+    fake.fail("GET", r"^/data/projects$", mode="drop", times=3)
+    with pytest.raises(RetryableError, match="cannot connect"):
+        make(fake, tmp_path).publish(Job(id=1, publish=nuke_script(tmp_path, version=1)))
+    fake.fail("GET", r"^/data/projects$", mode="slow", delay=1.5, times=3)
+    with pytest.raises(RetryableError, match="no answer within 0.5 s"):
+        make(fake, tmp_path, timeout=0.5, retries=0).publish(Job(id=1, publish=nuke_script(tmp_path, version=1)))
+
+
+def test_connection_refused_is_retryable(tmp_path):
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    s = KitsuSettings(url=f"http://127.0.0.1:{port}", token=SecretStr("t"), project="P", retries=0)
+    b = KitsuBackend(s, BackendContext(journal=None, config_dir=tmp_path, roots={}))
+    with pytest.raises(RetryableError, match="cannot connect"):
+        b.publish(Job(id=1, publish=nuke_script(tmp_path, version=1)))
+
+
+def test_user_login_once_then_refresh_on_401(fake, tmp_path):
+    b = user(fake, tmp_path, comment=False)
+    b.publish(Job(id=1, publish=nuke_script(tmp_path / "a", version=1)))
+    b.publish(Job(id=2, publish=nuke_script(tmp_path / "b", version=2)))
+    assert fake.logins == 1  # logged in once, token reused
+    fake.expire_access_tokens()
+    b.publish(Job(id=3, publish=nuke_script(tmp_path / "c", version=3)))
+    assert (fake.logins, fake.refreshes) == (1, 1)
+
+
+def test_login_redone_when_refresh_is_refused(fake, tmp_path):
+    b = user(fake, tmp_path, comment=False)
+    b.publish(Job(id=1, publish=nuke_script(tmp_path / "a", version=1)))
+    fake.revoke_everything()
+    b.publish(Job(id=2, publish=nuke_script(tmp_path / "b", version=2)))
+    assert fake.logins == 2
+
+
+def test_persistent_401_is_a_clear_error(fake, tmp_path):
+    b = user(fake, tmp_path)
+    fake.fail("GET", r"^/data/projects$", status=401, body={"msg": "Token has been revoked"}, times=5)
+    with pytest.raises(PermanentError, match=r"Kitsu refused the login ingest@studio.example .*Token has been "
+                                             r"revoked; check the email and password") as err:
+        b.publish(Job(id=1, publish=nuke_script(tmp_path, version=1)))
+    assert FakeZou.USER_PASSWORD not in str(err.value)
+
+
+def test_malformed_bot_token(fake, tmp_path):
+    b = make(fake, tmp_path, token=SecretStr("not-a-jwt"))
+    with pytest.raises(PermanentError, match="Kitsu refused the API token .*Not enough segments"):
+        b.publish(Job(id=1, publish=nuke_script(tmp_path, version=1)))
+    assert [r.ok for r in b.check()] == [False]
+
+
+def test_token_file_relative_to_config_dir(fake, tmp_path):
+    (tmp_path / "kitsu.token").write_text(FakeZou.BOT_TOKEN + "\n")
+    b = make(fake, tmp_path, token=None, token_file=Path("kitsu.token"))
+    assert b.check()[0].ok
+
+
+def test_extension_over_zou_limit_refused_before_sending(fake, tmp_path):
+    p = nuke_script(tmp_path, version=1, ext="verylongext")
+    with pytest.raises(PermanentError, match="extension '.verylongext' is longer than Kitsu's limit of 10"):
+        make(fake, tmp_path).publish(Job(id=1, publish=p))
+    assert fake.count("POST", r"/output-files/new$") == 0  # Zou would answer 500, retried forever
+
+
+def test_duplicate_from_another_agent_is_adopted(fake, tmp_path):
+    """Another agent created our record between our lookup and our create."""
+    p = nuke_script(tmp_path, version=1)
+    make(fake, tmp_path, comment=False).publish(Job(id=1, publish=p))
+    b = make(fake, tmp_path, comment=False)
+    orig = b._find_output
+    calls = []
+
+    def blind_first(*args, **kw):
+        calls.append(1)
+        return None if len(calls) == 1 else orig(*args, **kw)
+    b._find_output = blind_first  # the first lookup misses it, as if it were not there yet
+    ref = b.publish(Job(id=1, publish=p))
+    assert len(fake.output_files()) == 1 and ref.id == fake.output_files()[0]["id"]
+
+
+def test_project_from_template_key(fake, tmp_path):
+    p = nuke_script(tmp_path, version=1, fields={"Sequence": "SQ01", "Shot": "SH010", "Show": "Fake Show"})
+    make(fake, tmp_path, project="{Show}").publish(Job(id=1, publish=p))
+    assert len(fake.output_files()) == 1
+    q = nuke_script(tmp_path / "x", version=1, fields={"Sequence": "SQ01", "Shot": "SH010"})
+    with pytest.raises(PermanentError, match="template key 'Show'"):
+        make(fake, tmp_path, project="{Show}").publish(Job(id=2, publish=q))
+
+
+# ---- settings ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bad, words", [
+    (dict(url="kitsu.example"), "http(s) address"),
+    (dict(token=None), "no credentials"),
+    (dict(email="a@b.c"), "not both"),
+    (dict(unknown=1), "Extra inputs are not permitted"),
+    (dict(task_types={"comp": " "}), "'comp' maps to an empty name"),
+])
+def test_settings_are_validated(bad, words):
+    args = dict(url="http://127.0.0.1:1", token=SecretStr("t"), project="P")
+    args.update(bad)
+    with pytest.raises(ValidationError) as err:
+        KitsuSettings(**args)
+    assert words in str(err.value)
+
+
+def test_unreadable_token_file_is_a_config_error(tmp_path):
+    s = KitsuSettings(url="http://127.0.0.1:1", token_file=Path("missing.token"), project="P")
+    with pytest.raises(ConfigError, match=r"tracker.token_file: cannot read .*missing.token"):
+        KitsuBackend(s, BackendContext(journal=None, config_dir=tmp_path, roots={}))
+
+
+def test_password_from_environment(monkeypatch):
+    """The service validates ``tracker:`` plus WATCHER_TRACKER__* into these settings; the
+    password arrives as a SecretStr and never shows in a repr."""
+    s = KitsuSettings(url="http://127.0.0.1:1", email="a@b.c", password="hunter2-secret", project="P")
+    assert "hunter2-secret" not in repr(s) and "hunter2-secret" not in str(s.model_dump())
