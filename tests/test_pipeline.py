@@ -273,3 +273,24 @@ def test_permission_denied_subdirectory_is_reported_and_the_rest_published(tmp_p
     finally:
         os.chmod(base / "root/seq/sq01/sh099", 0o755)
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.parametrize("policy", ["never", "new_version"])
+def test_single_file_changed_after_publish(tmp_path, policy):
+    s = settings(tmp_path, root_opts={"republish": policy})
+    work = s.roots[0].path / "seq/sq01/sh010/comp/work"
+    work.mkdir(parents=True)
+    script = work / "sh010_main_v004.nk"
+    with running(s) as svc:
+        script.write_text("first")
+        wait_for(lambda: published(s))
+        script.write_text("second, longer")
+        if policy == "never":
+            svc.sync("shows")
+            wait_for(lambda: svc.idle() and not len(svc.settler), 10)
+            time.sleep(1.0)
+            assert len(rows(s)) == 1
+            assert "not republished" in (svc.journal.events(rows(s)[0].id)[-1][2] or "")
+        else:
+            rs = wait_for(lambda: len(published(s)) == 2 and published(s))
+            assert [r.publish.version for r in rs] == [4, 5] and rs[1].publish.path == str(script)
