@@ -105,13 +105,13 @@ def build_publish(cand: Candidate, *, key: str | None = None, version: int | Non
 
 
 def _frame_of(match: Any, root_path: str, path: str) -> int | None:
-    """Frame number of another member of the same sequence, from the pattern's fixed parts."""
-    pattern = os.path.join(root_path, match.pattern)
-    token_at = pattern.find("%")
-    if token_at < 0:
+    """Frame number of another member of the same sequence: the text where this match's frame
+    stands, between the same fixed prefix and suffix."""
+    if match.frame_span is None:
         return None
-    token_end = pattern.index("d", token_at) + 1
-    prefix, suffix = pattern[:token_at], pattern[token_end:]
+    start, end = match.frame_span
+    prefix = os.path.join(root_path, match.relpath[:start])
+    suffix = match.relpath[end:]
     if not (path.startswith(prefix) and path.endswith(suffix)):
         return None
     try:

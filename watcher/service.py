@@ -451,7 +451,7 @@ class Service:
             m = r.templates.match(rel)
             if not m:
                 r.unmatched += 1
-                log.debug("%s: no template: %s", path, m.reason)
+                log.debug("%s: no template: %s", path, m)  # the reason is worked out only if logged
                 return
             if m.publish is None:
                 return
