@@ -76,7 +76,7 @@ def _give_to_postgres(path: Path) -> None:
         os.chown(path, pw.pw_uid, pw.pw_gid)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -222,7 +222,7 @@ def start_postgres(tmpdir: Path | str | None = None) -> PgServer:
                 f"-c shared_buffers=16MB -c max_connections=60 -c unix_socket_directories={base} "
                 "-c log_min_messages=warning")
         for attempt in range(3):  # the port we picked may be taken by the time we bind it
-            server.port = _free_port()
+            server.port = free_port()
             try:
                 _run([*runas, str(pgbin / "pg_ctl"), "-D", str(server.data), "-l", str(server.log), "-w", "-t", "30",
                       "-o", f"{opts} -p {server.port}", "start"], "starting PostgreSQL", base / "pg_ctl.log")

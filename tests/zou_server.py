@@ -39,6 +39,8 @@ from typing import Any, Iterator
 import pytest
 import requests
 
+from .pg_server import PgUnavailable, _as_postgres, _give_to_postgres, free_port, pg_bin
+
 ZOU_VERSION = os.environ.get("WATCHER_ZOU_VERSION", "1.0.97")
 CACHE_DIR = Path(os.environ.get("WATCHER_TEST_CACHE", "~/.cache/watcher-tests")).expanduser()
 ADMIN_EMAIL = "admin@example.com"
@@ -94,7 +96,7 @@ FILE_TREE: dict[str, Any] = {
 }
 
 
-class ZouUnavailable(RuntimeError):
+class ZouUnavailable(PgUnavailable):
     """Zou could not be installed or started; the message says why and what to do."""
 
 
@@ -105,12 +107,6 @@ def _tail(path: Path, lines: int = 25) -> str:
         return "\n".join(kept[-lines:])
     except OSError:
         return "(no log)"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,43 +149,11 @@ def ensure_venv(version: str = ZOU_VERSION) -> Path:
 # ---------------------------------------------------------------------------------------------
 # System binaries
 
-def pg_bin() -> Path:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
-                   key=lambda p: [int(x) if x.isdigit() else 0 for x in p.split("/")[4].split(".")])
-    if not found:
-        raise ZouUnavailable("PostgreSQL server binaries not found (/usr/lib/postgresql/*/bin/initdb); "
-                             "tests/run.sh installs the Debian package 'postgresql'")
-    return Path(found[-1]).parent
-
-
 def redis_bin() -> str:
     exe = shutil.which("redis-server")
     if not exe:
         raise ZouUnavailable("redis-server not found; tests/run.sh installs the Debian package 'redis-server'")
     return exe
-
-
-def _as_postgres() -> list[str]:
-    """initdb refuses to run as root: run PostgreSQL as the postgres system user then."""
-    if os.geteuid() != 0:
-        return []
-    runuser = shutil.which("runuser")
-    if not runuser:
-        raise ZouUnavailable("running as root but 'runuser' is missing (needed to run PostgreSQL as 'postgres')")
-    try:
-        import pwd
-        pwd.getpwnam("postgres")
-    except KeyError:
-        raise ZouUnavailable("running as root but there is no 'postgres' system user "
-                             "(the Debian 'postgresql' package creates it)") from None
-    return [runuser, "-u", "postgres", "--"]
-
-
-def _chown_postgres(path: Path) -> None:
-    if os.geteuid() == 0:
-        import pwd
-        pw = pwd.getpwnam("postgres")
-        os.chown(path, pw.pw_uid, pw.pw_gid)
 
 
 def _run(cmd: list[str], what: str, log: Path, timeout: float = 120) -> None:
@@ -301,7 +265,7 @@ class ZouServer:
         pg.mkdir()
         sock.mkdir()
         for p in (pg, sock):
-            _chown_postgres(p)
+            _give_to_postgres(p)
         self.pg_port = free_port()
         _run([*runpg, str(pgbin / "initdb"), "-D", str(pg / "data"), "-U", "postgres", "--auth=trust",
               "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"], "initdb", self.run / "initdb.log")
