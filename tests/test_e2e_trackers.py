@@ -2,6 +2,7 @@
 become tracker records; an outage in the middle of a burst loses nothing and duplicates nothing."""
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -131,3 +132,38 @@ def test_ftrack_end_to_end_with_an_outage_mid_burst(tmp_path, ft):
     members = [c for c in ft.records("FileComponent") if c.get("container_id")]
     assert len(members) == 12 * len(SHOTS)
     assert len(ft.records("Asset")) == 2 * len(SHOTS)  # beauty (img) and main (scene) per shot
+
+
+def test_ftrack_single_file_and_100_frame_sequence_dropped_in_a_root(tmp_path, ft):
+    user, key = next(iter(ft.users.items()))
+    s = settings(tmp_path, tracker={"backend": "ftrack", "server_url": ft.url, "api_user": user, "api_key": key,
+                                    "project": "demo",
+                                    "asset_types": {"Rendered Image": "img", "Nuke Script": "scene"}})
+    root = s.roots[0].path
+    with running(s):
+        drop_shot(root, "sh020", frames=100)
+        wait_for(lambda: len([r for r in rows(s) if r.status == Status.PUBLISHED]) == 2, 30)
+    by_path = {r.publish.path: r for r in rows(s)}
+    seq_path = str(root / "seq/sq01/sh020/comp/render/beauty/v002/beauty.%04d.exr")
+    nk_path = str(root / "seq/sq01/sh020/comp/work/sh020_main_v002.nk")
+    assert set(by_path) == {seq_path, nk_path}
+    [shot] = [c for c in ft.records("Shot") if c["name"] == "sh020"]
+    assets = {a["name"]: a for a in ft.records("Asset")}
+    assert set(assets) == {"beauty", "main"}
+    assert all(a["context_id"] == shot["id"] for a in assets.values())
+    versions = {v["asset_id"]: v for v in ft.records("AssetVersion")}
+    seq_version = versions[assets["beauty"]["id"]]
+    assert seq_version["version"] == 2 and seq_version["is_published"]
+    assert ft.get(seq_version["task_id"])["name"] == "comp"
+    assert by_path[seq_path].tracker_id == seq_version["id"]
+    [seq] = [c for c in ft.records("SequenceComponent") if c.get("version_id") == seq_version["id"]]
+    members = sorted((c for c in ft.records("FileComponent") if c.get("container_id") == seq["id"]),
+                     key=lambda c: c["name"])
+    assert [m["name"] for m in members] == [f"{f:04d}" for f in range(1001, 1101)]
+    locations = {c["component_id"]: c for c in ft.records("ComponentLocation")}
+    assert locations[seq["id"]]["resource_identifier"] == seq_path
+    assert locations[members[0]["id"]]["resource_identifier"] == seq_path % 1001
+    nk_version = versions[assets["main"]["id"]]
+    [nk] = [c for c in ft.records("FileComponent") if c.get("version_id") == nk_version["id"]]
+    assert nk["name"] == "main" and nk["size"] == os.path.getsize(nk_path)
+    assert locations[nk["id"]]["resource_identifier"] == nk_path
