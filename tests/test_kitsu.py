@@ -2,6 +2,7 @@
 resets its database before each test). Every assertion reads the server's own records back."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import threading
 from pathlib import Path
@@ -297,8 +298,9 @@ def test_size_over_2gib_goes_to_data(zou, tmp_path):
 
 
 def test_review_comment_with_middle_frame_preview(zou, tmp_path):
-    p = picture_sequence(tmp_path, shot="SH010", count=5, version=2)
-    b = backend(zou, tmp_path, review=True, task_types={"comp": "Compositing"})
+    # `review: true` on the template's publishes rule (tracker.review stays off)
+    p = dataclasses.replace(picture_sequence(tmp_path, shot="SH010", count=5, version=2), review=True)
+    b = backend(zou, tmp_path, task_types={"comp": "Compositing"})
     job = Job(id=1, publish=p)
     b.publish(job)
     task = task_of(zou, zou.seed["shots"]["SH010"], "Compositing")

@@ -248,3 +248,19 @@ def test_frame_padding_writes_the_text_back(width: int) -> None:
 def test_placeholder_widths() -> None:
     assert [placeholder_padding(t) for t in ("%04d", "####", "@@@@", "$F4", "<UDIM>", "%d", "#", "$F")] == \
         [4, 4, 4, 4, 4, 0, 0, 0]
+
+
+def test_review_rule_option(tmp_path):
+    from watcher.errors import TemplateError
+    from watcher.match import load_templates
+
+    f = tmp_path / "t.yml"
+    f.write_text("keys:\n  Shot: {type: str}\n  version: {type: int, format_spec: '03'}\n"
+                 "paths:\n  mov: '{Shot}/{Shot}_v{version}.mov'\n  nk: '{Shot}/{Shot}_v{version}.nk'\n"
+                 "publishes:\n  mov: {type: Movie, review: true}\n  nk: {type: Nuke Script}\n")
+    ts = load_templates(f)
+    assert ts.match("sh010/sh010_v001.mov").publish.review is True
+    assert ts.match("sh010/sh010_v001.nk").publish.review is False
+    f.write_text(f.read_text().replace("review: true", "review: yes please"))
+    with pytest.raises(TemplateError, match="review must be true or false"):
+        load_templates(f)

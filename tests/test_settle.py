@@ -20,6 +20,7 @@ class Spec:
     version: int = 3
     publish_type: str = "Rendered Image"
     project: str | None = None
+    review: bool = False
 
 
 @dataclass(frozen=True)

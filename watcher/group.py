@@ -100,7 +100,7 @@ def build_publish(cand: Candidate, *, key: str | None = None, version: int | Non
         entity=entity, task=spec.task, project=cand.scope.project or spec.project,
         frames=frames, missing_frames=missing, frame_count=count,
         padding=m.padding if cand.is_sequence else 0, size=size, mtime=mtime,
-        fields=fields,
+        fields=fields, review=spec.review,
     )
 
 

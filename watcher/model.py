@@ -41,6 +41,7 @@ class Publish:
     mtime: float = 0.0  # newest mtime of its files
     fields: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    review: bool = False  # the template's publishes rule asks for a review item
 
     @property
     def is_sequence(self) -> bool:

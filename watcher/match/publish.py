@@ -30,7 +30,7 @@ _COMPOUND_EXT = ("bgeo.sc", "bgeo.gz")
 # tk-multi-publish2 path_info: a version "v###" just after '.', '_' or '-', before the extension(s)
 _VERSION_RE = re.compile(r"^(?P<prefix>.+?)[._-][vV][0-9]+(?P<ext>(?:\.[^.]+){0,2})$")
 _REF_RE = re.compile(r"\{([A-Za-z0-9_ .]+)\}")
-_RULE_OPTIONS = {"entity", "task", "name", "type", "version", "project"}
+_RULE_OPTIONS = {"entity", "task", "name", "type", "version", "project", "review"}
 
 
 class RuleError(ValueError):
@@ -49,12 +49,13 @@ class PublishSpec:
     version: int | None
     publish_type: str
     project: str | None = None
+    review: bool = False  # the rule asks for a review item (a Version, a review comment)
 
     def to_dict(self) -> dict[str, Any]:
         return {"entity": ({"type": self.entity_type, "name": self.entity_name} if self.entity_type else None),
                 "entity_type": self.entity_type, "entity_name": self.entity_name, "task": self.task,
                 "name": self.name, "version": self.version, "publish_type": self.publish_type,
-                "project": self.project}
+                "project": self.project, "review": self.review}
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,7 @@ class PublishRule:
     publish_type: str | None = None
     version: str | None = None
     project: str | None = None
+    review: bool = False
 
     @classmethod
     def parse(cls, pattern: str, data: Any) -> "PublishRule":
@@ -98,6 +100,10 @@ class PublishRule:
             kw["entity"] = _text(pattern, "entity.key", ent.get("key", ent.get("name", ent["type"])))
         elif ent is not None:
             raise RuleError(f"publishes rule '{pattern}': entity must be a type name or {{type: ..., key: ...}}")
+        if "review" in data:
+            if not isinstance(data["review"], bool):
+                raise RuleError(f"publishes rule '{pattern}': review must be true or false")
+            kw["review"] = data["review"]
         for opt, attr in (("task", "task"), ("name", "name"), ("type", "publish_type"),
                           ("version", "version"), ("project", "project")):
             if data.get(opt) is not None:
@@ -206,7 +212,7 @@ class SpecBuilder:
     """A rule (or the defaults) resolved once for one template variant: which field gives the
     entity, task, name, version and project is decided here, not per file."""
 
-    __slots__ = ("etype", "entity", "task", "name", "version", "project", "ptype")
+    __slots__ = ("etype", "entity", "task", "name", "version", "project", "ptype", "review")
 
     def __init__(self, rule: PublishRule, fields: set[str], tail: str | None = None) -> None:
         self.etype, self.entity = rule.entity_type, _compile(rule.entity)
@@ -221,6 +227,7 @@ class SpecBuilder:
         self.project = _compile(rule.project) if rule.project else ("Project" if "Project" in fields else None)
         # a fixed ending ("….bgeo.sc") fixes the type; a free one is read from each file name
         self.ptype = rule.publish_type or (publish_type_for("x" + tail) if tail and "." in tail else None)
+        self.review = rule.review
 
     def __call__(self, fields: dict[str, Any], relpath: str, frame_span: tuple[int, int] | None) -> PublishSpec:
         """``frame_span`` is relative to ``relpath``. (Getters inlined: this runs per file.)"""
@@ -249,5 +256,6 @@ class SpecBuilder:
             "task": task if task is None or task.__class__ is str else str(task),
             "name": name if name.__class__ is str else str(name), "version": version,
             "publish_type": self.ptype or publish_type_for(relpath[relpath.rfind("/") + 1:]),
-            "project": project if project is None or project.__class__ is str else str(project)})
+            "project": project if project is None or project.__class__ is str else str(project),
+            "review": self.review})
         return spec

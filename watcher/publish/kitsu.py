@@ -328,6 +328,8 @@ class KitsuBackend(Backend):
         return publish.publish_type or publish.extension.upper() or "File"
 
     def review_wanted(self, publish: Publish) -> bool:
+        if publish.review:  # `review: true` on the template's publishes rule
+            return True
         review = self.settings.review
         return review if isinstance(review, bool) else publish.template in review
 

@@ -382,7 +382,7 @@ class ShotGridBackend(Backend):
         pf = {"type": "PublishedFile", "id": pf_id}
 
         version = None
-        if self.settings.version_for_review and p.extension in {e.lower() for e in self.settings.review_extensions}:
+        if (self.settings.version_for_review or p.review) and p.extension in {e.lower() for e in self.settings.review_extensions}:
             version = self._version(job, p, project, entity, task, pf, where)
         if self.settings.thumbnail and not job.state.get("thumbnail_done"):
             self._thumbnail(job, p, [pf] + ([version] if version else []))
