@@ -149,14 +149,11 @@ class SqliteJournal(Journal):
 
     def _move(self, c: sqlite3.Connection, row_id: int, frm: tuple[str, ...], sql_set: str, params: tuple[Any, ...],
               agent: str | None = None) -> None:
-        where = f"id=? AND status IN ({','.join('?' * len(frm))})"
-        args: tuple[Any, ...] = (*params, row_id, *frm)
-        if agent is not None:
-            where += " AND agent=?"
-            args += (agent,)
-        cur = c.execute(f"UPDATE publishes SET {sql_set}, updated_at=? WHERE {where}",
-                        (*args[:len(params)], self._clock(), *args[len(params):]))
-        if cur.rowcount != 1:
+        """A guarded transition: update only when the row is in one of ``frm`` (and owned by
+        ``agent``); anything else means someone moved it first."""
+        where = f"id=? AND status IN ({','.join('?' * len(frm))})" + (" AND agent=?" if agent is not None else "")
+        args = (*params, self._clock(), row_id, *frm) + ((agent,) if agent is not None else ())
+        if c.execute(f"UPDATE publishes SET {sql_set}, updated_at=? WHERE {where}", args).rowcount != 1:
             raise TransitionError(f"publish {row_id}: not in state {'/'.join(frm)}" + (f" for agent {agent}" if agent else ""))
 
     def _files(self, c: sqlite3.Connection, row_id: int, files: Iterable[FileRecord]) -> None:
