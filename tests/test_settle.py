@@ -175,3 +175,21 @@ def test_padding_is_part_of_identity():
     b = M("render", {"Shot": "s", "SEQ": 1}, "SEQ", 1, 0, "b.%d.exr")
     assert candidate_key("r", a) != candidate_key("r", b)
     assert candidate_key("r", a) == candidate_key("r", M("render", {"Shot": "s", "SEQ": 9}, "SEQ", 9, 4, "b.%04d.exr"))
+
+
+def test_later_event_extends_the_deadline_scheduled_earlier(env):
+    """Deadlines are scheduled as cheap lower bounds; a pop recomputes the exact one."""
+    s, clock, scope, tmp = env
+    p = tmp / "a.nk"
+    write(p, mtime=clock.wall)
+    m = M("nk", {"version": 1}, None, None, 0, "a.nk")
+    cand = Candidate(candidate_key("shows", m), scope, m)
+    s.touch(cand, W, str(p), None, "closed")
+    clock.advance(3)
+    s.touch(cand, W, str(p), None, "closed")  # closed again: quiet window restarts
+    clock.advance(2.1)
+    assert s.due() == []  # the first lower bound popped, the exact deadline is 3 s later
+    assert s.next_deadline() == pytest.approx(clock.mono + 2.9)
+    clock.advance(3)
+    assert len(s.due()) == 1
+

@@ -134,6 +134,7 @@ class Service:
         self._new_dirs: dict[str, float] = {}
         self._listing: set[str] = set()  # directories whose scan listing is still streaming in
         self._lock = threading.Lock()
+        self._keys: dict[tuple, str] = {}
         self.committed = 0
         self.started = False
 
@@ -455,7 +456,7 @@ class Service:
                 return
             if m.publish is None:
                 return
-            key = candidate_key(r.name, m)
+            key = self._key(r.name, m)
             cand = self.settler.candidates.get(key) or Candidate(key, r.scope, m)
             frame = m.frame if cand.is_sequence else None
         else:
@@ -463,6 +464,17 @@ class Service:
         if kind == "created" and not synthetic:
             synthetic = self._in_new_dir(r, path)
         self.settler.touch(cand, r.windows, path, frame, kind, synthetic=synthetic, st=st)
+
+    def _key(self, root: str, m: Any) -> str:
+        """candidate_key() costs a json.dumps per file; the frames of one sequence share it."""
+        fk = (root, m.template, m.padding, m.frame is None,
+              tuple(sorted((k, v) for k, v in m.fields.items() if k != m.frame_key)))
+        key = self._keys.get(fk)
+        if key is None:
+            if len(self._keys) > 10_000:
+                self._keys.clear()
+            key = self._keys[fk] = candidate_key(root, m)
+        return key
 
     def commit(self, cand: Candidate) -> None:
         """A settled candidate goes into the journal (before anything is sent), or, when its

@@ -98,7 +98,7 @@ class Settler:
         f.size, f.mtime_ns, f.checked_at = st.st_size, st.st_mtime_ns, now
         if is_new:
             known.last_arrival = max(known.last_arrival, f.changed_at)
-        self._schedule(known)
+        self._nudge(known, windows, f)
 
     def remove(self, path: str) -> Candidate | None:
         """A file was deleted (or became unreadable): it leaves its candidate; an emptied
@@ -114,7 +114,8 @@ class Settler:
             self.candidates.pop(key, None)
             self.windows.pop(key, None)
             return cand
-        self._schedule(cand)
+        # No reschedule (O(n)): losing a file can only bring the deadline forward, and due()
+        # recomputes it when the scheduled entry pops.
         return cand
 
     def remove_under(self, directory: str) -> int:
@@ -131,6 +132,17 @@ class Settler:
         if cand.is_sequence:
             latest = max(latest, cand.last_arrival + w.sequence)
         return latest
+
+    def _nudge(self, cand: Candidate, w: Windows, f: FileState) -> None:
+        """O(1) per touch: the exact deadline is a max over every file (O(n), so O(n^2) per
+        sequence). A touch can only lower it by closing an open file, so push a lower bound
+        when it is earlier than the scheduled entry; due() recomputes the exact one on pop."""
+        lb = f.changed_at + (w.open_timeout if f.open else w.settle)
+        if cand.is_sequence:
+            lb = max(lb, cand.last_arrival + w.sequence)
+        if cand.deadline == 0.0 or lb < cand.deadline:
+            cand.deadline = lb
+            heapq.heappush(self._heap, (lb, next(self._seq), cand.key))
 
     def _schedule(self, cand: Candidate, not_before: float = float("-inf")) -> None:
         cand.deadline = max(self._deadline(cand), not_before)
@@ -170,6 +182,9 @@ class Settler:
             deadline, _, key = heapq.heappop(self._heap)
             cand = self.candidates.get(key)
             if cand is None or cand.deadline != deadline:
+                continue
+            if self._deadline(cand) > now:  # popped at a lower bound: not yet
+                self._schedule(cand)
                 continue
             if self._verify(cand, now):
                 self.candidates.pop(key, None)
