@@ -294,3 +294,20 @@ def test_single_file_changed_after_publish(tmp_path, policy):
         else:
             rs = wait_for(lambda: len(published(s)) == 2 and published(s))
             assert [r.publish.version for r in rs] == [4, 5] and rs[1].publish.path == str(script)
+
+
+def test_periodic_rescan_finds_a_file_rewritten_in_place_on_a_polling_root(tmp_path):
+    """Polling sees new and vanished names only (one stat per directory); a file rewritten in
+    place is found by the periodic rescan, which stats what the journal knows."""
+    s = settings(tmp_path, rescan_interval=3, root_opts={"observer": "polling", "poll_interval": 0.2,
+                                                          "republish": "new_version"})
+    work = s.roots[0].path / "seq/sq01/sh010/comp/work"
+    work.mkdir(parents=True)
+    script = work / "sh010_main_v001.nk"
+    script.write_text("first")
+    with running(s):
+        wait_for(lambda: published(s))
+        with open(script, "a") as f:  # same name, same directory mtime: only a stat can tell
+            f.write(" and more")
+        rs = wait_for(lambda: len(published(s)) == 2 and published(s), 20)
+    assert [r.publish.version for r in rs] == [1, 2]

@@ -20,17 +20,21 @@ class ScanStats:
     dirs: int = 0
     files: int = 0
     known: int = 0  # skipped: already in the journal
+    changed: int = 0  # known, but rewritten since (verifying scans only)
     errors: int = 0
 
 
 def walk(root: str, ignorer: Ignorer, known: Callable[[str], dict[str, tuple[int, int, int]]],
-         stats: ScanStats, *, start: str | None = None,
+         stats: ScanStats, *, start: str | None = None, verify: bool = False,
          stopped: Callable[[], bool] = lambda: False) -> Iterator[tuple[str, str]]:
     """Yield ``("file", path)`` for files below ``start`` (default: the root) that the journal
     does not know, and ``("dir_done", dir)`` once a directory that yielded files is fully
     listed (the settle stage must not publish half a sequence while its frames still stream
     in). Unreadable directories are reported and skipped; the rest goes on. Symlinked
-    directories are never followed (their targets may be outside the root)."""
+    directories are never followed (their targets may be outside the root).
+
+    ``verify`` also stats the files the journal knows and yields those whose size or mtime
+    moved (rewritten in place): periodic and lost-event rescans pay that, start-up does not."""
     stack = [start or root]
     base = len(root.rstrip("/")) + 1
     while stack:
@@ -64,7 +68,16 @@ def walk(root: str, ignorer: Ignorer, known: Callable[[str], dict[str, tuple[int
                 stats.files += 1
                 if entry.name in seen:
                     stats.known += 1
-                    continue
+                    if not verify:
+                        continue
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    size, mtime_ns, _ = seen[entry.name]
+                    if (st.st_size, st.st_mtime_ns) == (size, mtime_ns):
+                        continue
+                    stats.changed += 1
                 found = True
                 yield "file", entry.path
         if found:
@@ -91,11 +104,13 @@ class Scanner(threading.Thread):
         self.stats: dict[str, ScanStats] = {}
         self.scans: dict[str, int] = {}
         self._losses: dict[str, int] = {}  # root -> loss count; present while desynced
+        self._verify: set[str] = set()  # roots whose next whole scan also stats known files
 
     def add_root(self, name: str, path: str, ignorer: Ignorer) -> None:
         self._roots[name] = (path.rstrip("/"), ignorer)
 
-    def request(self, root: str, directory: str | None = None, *, lost_events: bool = False) -> None:
+    def request(self, root: str, directory: str | None = None, *, lost_events: bool = False,
+                verify: bool = False) -> None:
         """Queue a scan of a root (or one directory of it). ``lost_events`` marks the root
         desynced: events were dropped, so nothing of it is known complete until a whole scan
         that started after the loss has finished."""
@@ -103,6 +118,9 @@ class Scanner(threading.Thread):
             if lost_events:
                 self._losses[root] = self._losses.get(root, 0) + 1
                 directory = None
+                verify = True  # the lost events may have been writes to known files
+            if verify:
+                self._verify.add(root)
             if directory is None:
                 self._pending[root] = None
             elif root not in self._pending:
@@ -143,8 +161,11 @@ class Scanner(threading.Thread):
                 root, dirs = self._pending.popitem()
                 self.busy = True
                 losses = self._losses.get(root)
+                verify = dirs is None and root in self._verify
+                if verify:
+                    self._verify.discard(root)
             try:
-                if self._scan(root, dirs) and dirs is None and losses is not None:
+                if self._scan(root, dirs, verify) and dirs is None and losses is not None:
                     # Behind every path this scan queued: the pipeline calls synced() when it
                     # gets here, so the root counts as in sync only once all of them are handled.
                     self._put(self.make_event(root, "scan_done", str(losses)))
@@ -170,14 +191,15 @@ class Scanner(threading.Thread):
                 if self._halt:
                     return False
 
-    def _scan(self, root: str, dirs: set[str] | None) -> bool:
+    def _scan(self, root: str, dirs: set[str] | None, verify: bool = False) -> bool:
         path, ignorer = self._roots[root]
         stats = ScanStats()
         starts = [path] if dirs is None else sorted(_outermost(dirs))
         t0 = time.monotonic()
         last_report = t0
         for start in starts:
-            for kind, p in walk(path, ignorer, self.known, stats, start=start, stopped=lambda: self._halt):
+            for kind, p in walk(path, ignorer, self.known, stats, start=start, verify=verify,
+                                stopped=lambda: self._halt):
                 if not self._put(self.make_event(root, kind, p)):
                     return False
                 now = time.monotonic()
@@ -188,8 +210,10 @@ class Scanner(threading.Thread):
         self.stats[root] = stats
         if dirs is None:
             self.scans[root] = self.scans.get(root, 0) + 1
-            log.info("scan %s: %d files in %d dirs (%d already journaled, %d unreadable) in %.1f s", root,
-                     stats.files, stats.dirs, stats.known, stats.errors, time.monotonic() - t0)
+            log.info("scan %s: %d files in %d dirs (%d already journaled%s, %d unreadable) in %.1f s", root,
+                     stats.files, stats.dirs, stats.known,
+                     f", {stats.changed} of them changed since" if verify else "", stats.errors,
+                     time.monotonic() - t0)
         return not self._halt
 
 

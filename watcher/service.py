@@ -309,8 +309,8 @@ class Service:
             return
         if interval and time.monotonic() >= next_full[r.name]:
             next_full[r.name] = time.monotonic() + interval * random.uniform(0.75, 1.25)
-            log.info("root %s: periodic rescan", r.name)
-            self.scanner.request(r.name)
+            log.info("root %s: periodic rescan (stats known files too: finds files rewritten in place)", r.name)
+            self.scanner.request(r.name, verify=True)
 
     def status(self) -> dict[str, Any]:
         return {
