@@ -108,3 +108,19 @@ def test_status(tmp_path):
     cfg = make_config(tmp_path)
     r = cli("-c", str(cfg), "status", "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["journal"]["published"] == 0
+
+
+def test_scan_verify_finds_a_file_rewritten_while_the_agent_was_down(tmp_path):
+    cfg = make_config(tmp_path)
+    cfg.write_text(cfg.read_text().replace("templates: ", "republish: new_version, templates: "))
+    work = tmp_path / "root/seq/sq01/sh010/comp/work"
+    work.mkdir(parents=True)
+    script = work / "sh010_slap_v002.nk"
+    script.write_text("x")
+    assert cli("-c", str(cfg), "scan").returncode == 0
+    script.write_text("rewritten in place")
+    assert "0 new candidate" in cli("-c", str(cfg), "scan").stdout  # a plain scan skips known files
+    r = cli("-c", str(cfg), "scan", "--verify")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(cli("-c", str(cfg), "publishes", "--json").stdout)
+    assert [(o["version"], o["status"]) for o in out] == [(2, "published"), (3, "published")]

@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dry-run", action="store_true", help="list what would be published; change nothing")
     s.add_argument("--json", action="store_true", help="with --dry-run: a JSON array")
     s.add_argument("--timeout", type=float, default=None, help="give up after this many seconds (exit 1)")
+    s.add_argument("--verify", action="store_true",
+                   help="also stat files the journal knows, to find ones rewritten in place (slower)")
 
     s = sub.add_parser("explain", help="show how paths match templates and what they would publish")
     s.add_argument("paths", nargs="+")
@@ -165,7 +167,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
     stop = threading.Event()
     _install_signals(stop)
-    svc = Service(settings, watch=False)
+    svc = Service(settings, watch=False, verify=args.verify)
     svc.start()
     t0 = time.monotonic()
     ok = True
@@ -402,7 +404,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     cfg = make_demo(Path(args.dir))
     print(f"demo: config {cfg}; watching {cfg.parent / 'shows'} on the local registry and the SQLite journal")
     ns = argparse.Namespace(config=str(cfg), log_level=args.log_level, log_format=args.log_format,
-                            dry_run=False, json=False, timeout=120)
+                            dry_run=False, json=False, timeout=120, verify=False)
     if args.once:
         rc = cmd_scan(ns)
         cmd_publishes(argparse.Namespace(config=str(cfg), log_level=None, log_format=None, json=False,

@@ -111,9 +111,10 @@ def pid_alive(agent: str) -> bool:
 
 class Service:
     def __init__(self, settings: Settings, *, watch: bool = True, journal: Journal | None = None,
-                 backend: Backend | None = None) -> None:
+                 backend: Backend | None = None, verify: bool = False) -> None:
         self.settings = settings
         self.watch = watch
+        self.verify = verify  # the start-up scan also stats files the journal knows
         self.roots = {r.name: r for r in load_roots(settings)}
         self.journal = journal or open_journal(settings.journal_url())
         self.backend = backend or make_backend(settings, self.journal, {n: Path(r.path) for n, r in self.roots.items()})
@@ -152,7 +153,7 @@ class Service:
                 self._start_observer(r)
             self._supervisor.start()
         for r in self.roots.values():
-            self.scanner.request(r.name)
+            self.scanner.request(r.name, verify=self.verify)
         self.started = True
         log.info("watcher started: %d root(s), journal %s, tracker %s, agent %s", len(self.roots),
                  _redact(self.journal.url), self.backend.name, self.agent)
