@@ -273,3 +273,23 @@ def test_password_from_environment(monkeypatch):
     password arrives as a SecretStr and never shows in a repr."""
     s = KitsuSettings(url="http://127.0.0.1:1", email="a@b.c", password="hunter2-secret", project="P")
     assert "hunter2-secret" not in repr(s) and "hunter2-secret" not in str(s.model_dump())
+
+
+def test_refused_update_of_our_own_output_file_is_retried_then_parked(fake, tmp_path):
+    """Zou answers 400 'invalid format' when its database connection drops mid-request (seen
+    while it shuts down): the update of a record we created is retried a few attempts, then
+    parked with the server's words."""
+    body = {"error": True, "message": "One of the provided values has an invalid format."}
+    fake.fail("PUT", r"^/data/output-files/", status=400, body=body, times=1)
+    b = make(fake, tmp_path)
+    job = Job(id=1, publish=nuke_script(tmp_path, version=1))
+    with pytest.raises(RetryableError, match="invalid format"):
+        b.publish(job)
+    job.uncertain, job.attempts = True, 1
+    b.publish(job)  # the next attempt finds the output file and completes it
+    [of] = fake.output_files()
+    assert of["path"] == job.publish.path and fake.count("POST", r"/output-files/new$") == 1
+    fake.fail("PUT", r"^/data/output-files/", status=400, body=body, times=1)
+    late = Job(id=2, publish=nuke_script(tmp_path, version=2), attempts=3)
+    with pytest.raises(PermanentError, match="invalid format"):
+        b.publish(late)

@@ -43,6 +43,7 @@ from .http import HttpClient, HttpError
 log = logging.getLogger(__name__)
 
 INT32_MAX = 2**31 - 1
+TRANSIENT_REFUSALS = 3  # attempts during which a refused update of our own record is retried
 # Zou column limits (models/output_file.py, output_type.py)
 MAX_NAME, MAX_REPRESENTATION, MAX_EXTENSION, MAX_PATH = 250, 20, 10, 400
 MAX_OUTPUT_TYPE_NAME, MAX_OUTPUT_TYPE_SHORT = 40, 20
@@ -734,8 +735,14 @@ class KitsuBackend(Backend):
         try:
             return self.call("PUT", f"/data/output-files/{output['id']}", json=body)
         except HttpError as exc:
-            raise PermanentError(f"Kitsu refused path/size/checksum of output file {output['id']} on {where}: "
-                                 f"{server_words(exc)}") from None
+            message = (f"Kitsu refused path/size/checksum of output file {output['id']} on {where}: "
+                       f"{server_words(exc)}")
+            if job.attempts < TRANSIENT_REFUSALS:
+                # The values were checked against Zou's column limits before sending; Zou answers
+                # this 400 too when its database connection drops (seen while it shuts down).
+                # The output file exists: a later attempt finds it and sends the update again.
+                raise RetryableError(message + " (retrying)") from None
+            raise PermanentError(message) from None
 
     @staticmethod
     def _disk_size(p: Publish) -> int:
