@@ -3,7 +3,6 @@ become tracker records; an outage in the middle of a burst loses nothing and dup
 from __future__ import annotations
 
 import os
-import threading
 import time
 from pathlib import Path
 

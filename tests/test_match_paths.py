@@ -146,7 +146,7 @@ CASES: list[tuple[str, str, Any]] = [
     ("studio", f"{SHOT}/publish/nuke/sh020_main_v003.nk", No(("Shot", "sh010", "sh020"))),  # repeated key differs
     ("studio", f"{SHOT}/publish/elements/fg/v002/2048x1152/sh010_fg_v003.1001.exr", No(("version",))),
     ("studio", f"{SHOT}/publish/renders/beauty/v003/beauty.1001.EXR", No(("EXR",))),  # case-sensitive
-    ("studio", f"Sequences/sq01/sh010/comp/publish/nuke/sh010_main_v003.nk", No(("sequences",))),
+    ("studio", "Sequences/sq01/sh010/comp/publish/nuke/sh010_main_v003.nk", No(("sequences",))),
     ("studio", f"{SHOT}/review/sh010_main_v003.avi", No(("avi",))),
     # a *file* named like a folder template: it matches shot_root, which never publishes by itself
     ("studio", "sequences/sq09/sh090/comp", Hit("shot_root", {"Sequence": "sq09", "Shot": "sh090", "Step": "comp"})),

@@ -8,6 +8,8 @@ that is not a definition, unknown options) are reported once in ``warnings`` and
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import fnmatch
 import os
 from pathlib import Path
@@ -22,6 +24,10 @@ from .template import (DefinitionError, KeyClashError, Template, UndefinedKeyErr
                        tokenize)
 
 SECTIONS = ("keys", "paths", "strings", "publishes", "include", "includes")
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .matcher import TemplateSet
 
 
 class _LineDict(dict):
