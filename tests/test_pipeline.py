@@ -311,3 +311,34 @@ def test_periodic_rescan_finds_a_file_rewritten_in_place_on_a_polling_root(tmp_p
             f.write(" and more")
         rs = wait_for(lambda: len(published(s)) == 2 and published(s), 20)
     assert [r.publish.version for r in rs] == [1, 2]
+
+
+def test_kernel_queue_overflow_triggers_a_rescan_loses_nothing_and_does_not_loop(tmp_path):
+    """A real IN_Q_OVERFLOW: the kernel queue is made tiny for the agent's inotify instance (the
+    sysctl applies to instances created while it is set), then a burst overflows it. watchdog's
+    own recovery (remove and re-add every watch) floods such a queue with IN_IGNORED and
+    overflows forever; ours must settle, rescan, and publish every sequence whole."""
+    knob = Path("/proc/sys/fs/inotify/max_queued_events")
+    old = knob.read_text().strip()
+    s = settings(tmp_path)
+    root = s.roots[0].path
+    for shot in range(6):  # more directories than the queue has slots
+        (root / f"seq/sq01/sh{shot:03d}/comp/render/beauty/v001").mkdir(parents=True)
+    try:
+        knob.write_text("16\n")
+        with running(s) as svc:
+            knob.write_text(old + "\n")  # only our observer's instance keeps the tiny queue
+            [emitter] = list(svc.roots["shows"].observer.emitters)
+            with emitter._inotify._lock:  # stall watchdog's reader: the kernel queue must overflow
+                for shot in range(6):
+                    write_frames(root / f"seq/sq01/sh{shot:03d}/comp/render/beauty/v001", "beauty",
+                                 range(1, 151), size=64)
+            wait_for(lambda: len(published(s)) == 6, 60)
+            r = svc.roots["shows"]
+            assert r.rescans >= 1 and r.last_rescan_reason == "inotify queue overflow"
+            before = r.rescans
+            time.sleep(1.5)
+            assert r.rescans == before, "overflows go on after the burst ended (a rebuild loop)"
+    finally:
+        knob.write_text(old + "\n")
+    assert sorted(r.publish.frame_count for r in rows(s)) == [150] * 6

@@ -112,9 +112,25 @@ def native_observer(root: str, path: str, handler: Translator, on_overflow: Call
             if group is None or original is None:
                 log.warning("observe %s: this watchdog version hides queue overflows; relying on periodic rescans", root)
                 return
+            in_place = all(hasattr(group, a) for a in ("_lock", "_add_all_callbacks", "path", "is_active",
+                                                       "_move_event_grouper"))
 
             def overflowed() -> None:
-                original()
+                # watchdog's own handling removes every watch and adds it again; each removal
+                # queues an IN_IGNORED, so a tree with more directories than the kernel queue
+                # has slots overflows again, forever (measured: 70 overflows/s, nothing ever
+                # published). Watches survive an overflow: only add the ones for directories
+                # created while events were lost, and let the rescan find their files.
+                if in_place:
+                    with group._lock:
+                        if group.is_active:
+                            group._move_event_grouper.discard_pending_events()
+                            try:
+                                group._add_all_callbacks(group.path)
+                            except OSError as exc:
+                                log.warning("observe %s: cannot re-walk watches after an overflow: %s", root, exc)
+                else:
+                    original()
                 on_overflow(root, "inotify queue overflow")
 
             group.on_queue_overflow = overflowed  # the fd reader calls the callback object's method

@@ -86,6 +86,9 @@ class Settler:
             changed_at = now - age
             if is_new or (st.st_size, st.st_mtime_ns) != (f.size, f.mtime_ns):
                 f.changed_at = changed_at if is_new else now
+            # A rescan found it: events for it may have been lost (its close among them), so
+            # from now on only the stat-quiet window decides, as for a synthetic create.
+            f.open = False
         else:
             same = (st.st_size, st.st_mtime_ns) == (f.size, f.mtime_ns)
             if kind == "created" and not is_new and same:
