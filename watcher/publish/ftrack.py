@@ -323,28 +323,23 @@ class FtrackBackend(Backend):
         return row
 
     def _location_id(self) -> str:
-        name = self.settings.location
-        hit = self._cached(("location", name))
-        if hit:
-            return hit
-        rows = self.query(f"select id, name from Location where name is {_quote(name, 'location')}",
-                          what=f"the lookup of location {name!r}")
-        if not rows:
-            raise PermanentError(f"ftrack: location {name!r} (tracker.location) does not exist")
-        return self._store(("location", name), rows[0]["id"], ttl=86400.0)
+        return self._id_by_name("Location", self.settings.location, "tracker.location", ttl=86400.0)
 
     def _status_id(self) -> str | None:
         name = self.settings.version_status
-        if not name:
-            return None
-        hit = self._cached(("status", name))
+        return self._id_by_name("Status", name, "tracker.version_status") if name else None
+
+    def _id_by_name(self, entity_type: str, name: str, setting: str, ttl: float | None = None) -> str:
+        """The id of a configured record looked up by name (cached)."""
+        key = (entity_type.lower(), name)
+        hit = self._cached(key)
         if hit:
             return hit
-        rows = self.query(f"select id, name from Status where name is {_quote(name, 'status')}",
-                          what=f"the lookup of status {name!r}")
+        rows = self.query(f"select id, name from {entity_type} where name is {_quote(name, entity_type.lower())}",
+                          what=f"the lookup of {entity_type.lower()} {name!r}")
         if not rows:
-            raise PermanentError(f"ftrack: status {name!r} (tracker.version_status) does not exist")
-        return self._store(("status", name), rows[0]["id"])
+            raise PermanentError(f"ftrack: {entity_type.lower()} {name!r} ({setting}) does not exist")
+        return self._store(key, rows[0]["id"], ttl)
 
     def _context(self, p: Publish) -> _Context:
         """Project, Asset parent and task for a publish (each lookup cached once found)."""
