@@ -53,35 +53,41 @@ def walk(root: str, ignorer: Ignorer, known: Callable[[str], dict[str, tuple[int
         stats.dirs += 1
         seen = known(d)
         found = False
-        with it:
-            for entry in it:
-                rel = entry.path[base:]
-                try:
-                    if entry.is_dir(follow_symlinks=False):
-                        if not ignorer.ignored_dir(rel):
-                            stack.append(entry.path)
-                        continue
-                except OSError:
-                    continue
-                if ignorer.ignored(rel):
-                    continue
-                stats.files += 1
-                if entry.name in seen:
-                    stats.known += 1
-                    if not verify:
-                        continue
+        try:
+            with it:
+                for entry in it:
+                    rel = entry.path[base:]
                     try:
-                        st = entry.stat(follow_symlinks=False)
+                        if entry.is_dir(follow_symlinks=False):
+                            if not ignorer.ignored_dir(rel):
+                                stack.append(entry.path)
+                            continue
                     except OSError:
                         continue
-                    size, mtime_ns, _ = seen[entry.name]
-                    if (st.st_size, st.st_mtime_ns) == (size, mtime_ns):
+                    if ignorer.ignored(rel):
                         continue
-                    stats.changed += 1
-                found = True
-                yield "file", entry.path
+                    stats.files += 1
+                    if entry.name in seen:
+                        stats.known += 1
+                        if not verify or not _changed(entry, seen[entry.name]):
+                            continue
+                        stats.changed += 1
+                    found = True
+                    yield "file", entry.path
+        except OSError as exc:  # the listing broke off (a stale NFS handle...): report, go on
+            stats.errors += 1
+            log.warning("scan: listing %s broke off: %s (the rest is found by the next rescan)", d, exc.strerror or exc)
         if found:
             yield "dir_done", d
+
+
+def _changed(entry: os.DirEntry, known: tuple[int, int, int]) -> bool:
+    """A file the journal knows was rewritten since (its size or mtime moved)."""
+    try:
+        st = entry.stat(follow_symlinks=False)
+    except OSError:
+        return False
+    return (st.st_size, st.st_mtime_ns) != known[:2]
 
 
 class Scanner(threading.Thread):
