@@ -124,3 +124,16 @@ def test_scan_verify_finds_a_file_rewritten_while_the_agent_was_down(tmp_path):
     assert r.returncode == 0, r.stderr
     out = json.loads(cli("-c", str(cfg), "publishes", "--json").stdout)
     assert [(o["version"], o["status"]) for o in out] == [(2, "published"), (3, "published")]
+
+
+def test_dry_run_admits_what_the_pipeline_admits(tmp_path):
+    cfg = make_config(tmp_path)
+    work = tmp_path / "root/seq/sq01/sh010/comp/work"
+    work.mkdir(parents=True)
+    (tmp_path / "outside.nk").write_text("x")
+    (work / "sh010_evil_v001.nk").symlink_to(tmp_path / "outside.nk")
+    (work / "sh010_real_v001.nk").write_text("y")
+    r = cli("-c", str(cfg), "scan", "--dry-run", "--json")
+    assert r.returncode == 0, r.stderr
+    assert [d["path"] for d in json.loads(r.stdout)] == [str(work / "sh010_real_v001.nk")]
+    assert "outside root" in r.stderr

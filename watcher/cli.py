@@ -199,6 +199,9 @@ def _dry_run(settings: Settings, as_json: bool) -> int:
             if kind != "file":
                 continue
             rel = path[len(r.path) + 1:]
+            st = r.admit(rel, path)  # the same admission as the pipeline: no symlinks out of the root
+            if st is None:
+                continue
             m = r.templates.match(rel)
             if not m or m.publish is None:
                 continue
@@ -206,10 +209,6 @@ def _dry_run(settings: Settings, as_json: bool) -> int:
             if journal.by_key(key) is not None:
                 continue
             cand = out.setdefault(key, Candidate(key, r.scope, m))
-            try:
-                st = os.stat(path)
-            except OSError:
-                continue
             cand.files[path] = FileState(path, m.frame if cand.is_sequence else None, st.st_size, st.st_mtime_ns)
     journal.close()
     pubs = [build_publish(c) for c in out.values()]
@@ -231,6 +230,7 @@ def _dry(p: Any) -> dict[str, Any]:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
+    from .ignore import inside
     from .service import load_roots
 
     settings = _settings(args, check_paths=False)
@@ -247,7 +247,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
                 if r.ignorer.ignored(rel):
                     res.update(matched=False, reason="ignored: a hidden, temporary or partial name, or a root "
                                                      "`ignore` glob")
-                elif os.path.lexists(path) and not os.path.realpath(path).startswith(r.real + "/"):
+                elif os.path.lexists(path) and not inside(r.real, path):
                     res.update(matched=False, reason=f"resolves to {os.path.realpath(path)}, outside the root: "
                                                      "never published")
                 else:

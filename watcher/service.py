@@ -66,6 +66,25 @@ class RootRuntime:
     def name(self) -> str:
         return self.cfg.name
 
+    def admit(self, rel: str, path: str) -> os.stat_result | None:
+        """The stat of a file that may become a candidate, or None: ignored names, anything gone
+        or not a regular file, and symlinks resolving outside the root (warned about once)."""
+        if self.ignorer.ignored(rel):
+            return None
+        try:
+            st = os.lstat(path)
+            if stat_mod.S_ISLNK(st.st_mode):
+                if not inside(self.real, path):
+                    if path not in self.escaped:
+                        self.escaped.add(path)
+                        log.warning("%s: symlink to %s, outside root %s; never published", path,
+                                    os.path.realpath(path), self.name)
+                    return None
+                st = os.stat(path)
+        except OSError:
+            return None
+        return st if stat_mod.S_ISREG(st.st_mode) else None
+
 
 def load_roots(settings: Settings) -> list[RootRuntime]:
     roots = []
@@ -296,17 +315,14 @@ class Service:
                 self._stop_observer(r)
                 r.up = False
             return
-        if not r.up or r.observer is None:
-            log.warning("root %s: %s is back; watching it again", r.name, r.path)
-            self._start_observer(r)
-            if r.up:
-                self.request_rescan(r.name, "root came back")
-            return
-        if not r.observer.is_alive():
-            log.error("root %s: observer thread died; restarting it", r.name)
+        if not r.up or r.observer is None or not r.observer.is_alive():
+            # back after an unmount or a failed watch, or its observer thread died: a new
+            # observer, then a rescan for whatever happened while nobody watched
+            reason = "observer restarted" if r.up and r.observer is not None else "root came back"
             self._stop_observer(r)
-            self._start_observer(r)
-            self.request_rescan(r.name, "observer restarted")
+            self._start_observer(r)  # logs why when it cannot, and is tried again in 2 s
+            if r.up:
+                self.request_rescan(r.name, reason)
             return
         if interval and time.monotonic() >= next_full[r.name]:
             next_full[r.name] = time.monotonic() + interval * random.uniform(0.75, 1.25)
@@ -428,25 +444,9 @@ class Service:
             if ev is not None:
                 ev.set()
             return
-        if r.ignorer.ignored(rel):
-            return
-        try:
-            st = os.lstat(path)
-        except OSError:
-            self.settler.remove(path)
-            return
-        if stat_mod.S_ISLNK(st.st_mode):
-            if not inside(r.real, path):
-                if path not in r.escaped:
-                    r.escaped.add(path)
-                    log.warning("%s: symlink to %s, outside root %s; never published", path,
-                                os.path.realpath(path), r.name)
-                return
-            try:
-                st = os.stat(path)
-            except OSError:
-                return
-        if not stat_mod.S_ISREG(st.st_mode):
+        st = r.admit(rel, path)
+        if st is None:
+            self.settler.remove(path)  # gone, or no longer a file we may publish
             return
         cand = self.settler.candidate_of(path)
         if cand is None:
