@@ -365,20 +365,10 @@ class ShotGridBackend(Backend):
         pftype = self._publish_type(p.publish_type) if p.publish_type else None
         where = self._where(p, project)
 
-        pf_id = job.state.get("published_file_id")
-        if pf_id is None and (job.uncertain or job.state.get("publish_sent")):
-            found = self._find_published_file(project, storage, rel, p.version)
-            pf_id = found["id"] if found else None
-        if pf_id is None:
-            data = self._published_file_data(p, project, storage, rel, entity, task, pftype)
-            job.remember(publish_sent=True)
-            try:
-                pf_id = self.client.create("PublishedFile", data)["id"]
-            except HttpError as exc:
-                raise PermanentError(f"ShotGrid refused the PublishedFile '{data['code']}' for {where}: "
-                                     f"{exc.message}") from None
-        if job.state.get("published_file_id") != pf_id:
-            job.remember(published_file_id=pf_id)
+        pf_id = self._create_once(
+            job, "PublishedFile", "published_file_id", "publish_sent", f"the PublishedFile for {where}",
+            lambda: self._find_published_file(project, storage, rel, p.version),
+            lambda: self._published_file_data(p, project, storage, rel, entity, task, pftype))
         pf = {"type": "PublishedFile", "id": pf_id}
 
         version = None
@@ -631,22 +621,32 @@ class ShotGridBackend(Backend):
     # ---- review Version and thumbnail -------------------------------------------------------------
     def _version(self, job: Job, p: Publish, project: dict[str, Any], entity: dict[str, Any] | None,
                  task: dict[str, Any] | None, pf: dict[str, Any], where: str) -> dict[str, Any]:
-        vid = job.state.get("version_id")
-        if vid is None and (job.uncertain or job.state.get("version_sent")):
-            found = self.client.find_one("Version", [["project", "is", link(project)],
-                                                     ["published_files", "is", pf]], ["code"])
-            vid = found["id"] if found else None
-        if vid is None:
-            data = self._version_data(p, project, entity, task, pf)
-            job.remember(version_sent=True)
-            try:
-                vid = self.client.create("Version", data)["id"]
-            except HttpError as exc:
-                raise PermanentError(f"ShotGrid refused the review Version '{data['code']}' for {where}: "
-                                     f"{exc.message}") from None
-        if job.state.get("version_id") != vid:
-            job.remember(version_id=vid)
+        vid = self._create_once(
+            job, "Version", "version_id", "version_sent", f"the review Version for {where}",
+            lambda: self.client.find_one("Version", [["project", "is", link(project)],
+                                                     ["published_files", "is", pf]], ["code"]),
+            lambda: self._version_data(p, project, entity, task, pf))
         return {"type": "Version", "id": vid}
+
+    def _create_once(self, job: Job, entity_type: str, id_key: str, sent_key: str, what: str,
+                     find: Callable[[], dict[str, Any] | None], make: Callable[[], dict[str, Any]]) -> int:
+        """Create one record exactly once across attempts. Its id is journaled; after an
+        uncertain outcome (or a create whose answer was lost) look for it first. A create is
+        never resent blindly: ``sent_key`` is journaled before it goes out."""
+        rid = job.state.get(id_key)
+        if rid is None and (job.uncertain or job.state.get(sent_key)):
+            found = find()
+            rid = found["id"] if found else None
+        if rid is None:
+            data = make()
+            job.remember(**{sent_key: True})
+            try:
+                rid = self.client.create(entity_type, data)["id"]
+            except HttpError as exc:
+                raise PermanentError(f"ShotGrid refused {what} ('{data['code']}'): {exc.message}") from None
+        if job.state.get(id_key) != rid:
+            job.remember(**{id_key: rid})
+        return rid
 
     def _version_data(self, p: Publish, project: dict[str, Any], entity: dict[str, Any] | None,
                       task: dict[str, Any] | None, pf: dict[str, Any]) -> dict[str, Any]:
