@@ -58,11 +58,13 @@ def rows(s: Settings, status: Status | None = None):
 
 
 def registry(s: Settings):
-    j = SqliteJournal(s.journal_url())
+    from watcher.publish.local import Registry
+
+    r = Registry(s.journal_url())
     try:
-        return j.registry()
+        return r.entries()
     finally:
-        j.close()
+        r.close()
 
 
 def write_frames(directory: Path, name: str, frames: range, *, size: int = 1024, chunks: int = 1,

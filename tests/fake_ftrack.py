@@ -17,21 +17,23 @@ registering components "in a batch call. If any component causes an error then a
 will remain unregistered"); a knob breaks that on purpose. Exception names and texts of
 refusals are the fake's own wording: the real server's are not documented.
 
-Knobs: ``fail_next`` (5xx/429 + Retry-After), ``drop_next`` (connection closed without an
-answer, optionally after applying the batch), ``partial_next`` (apply some operations, then
-fail), ``reject_next`` (an error object), ``detail_next`` (a 422 detail body), ``down``/``up``
-(connection refused). Inspection: ``records(type)``, ``get(id)``, ``log``.
+Server lifecycle, the request ``log`` and the fault vocabulary (``reply``, ``drop``,
+``drop_after_apply``, ``slow``, ``pause``/``resume``) come from ``tests/fakes.py``; faults can be
+limited to requests holding an operation of one action (``action="create"``). Of its own this
+fake has ``partial(ops)`` (apply some operations, then fail: a server that is not atomic) and
+the bodies ``refusal(exception, content)`` (an error object) and ``detail(msg, loc)`` (a 422
+detail body) to ``reply`` with. Inspection: ``records(type)``, ``get(id)``, ``log``.
 """
 from __future__ import annotations
 
 import copy
 import json
 import re
-import threading
 import uuid
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from typing import Any, Callable
+
+from .fakes import Fault, FakeServer, Request
 
 # ids used by ftrack itself (ftrack-python ``symbol.py``; schema fixture of ftrack-javascript)
 LOCATION_IDS = {
@@ -115,25 +117,25 @@ class ApiError(Exception):
         self.exception, self.content, self.status = exception, content, status
 
 
-@dataclass
-class _Knob:
-    kind: str
-    count: int
-    status: int = 503
-    retry_after: str | None = None
-    body: Any = None
-    after_apply: bool = False
-    ops: int = 0
-    action: str | None = None  # only requests with an operation of this action
+def refusal(exception: str, content: str) -> dict[str, Any]:
+    """ftrack's error object (answered with HTTP 200 when the client is not in strict mode)."""
+    return {"exception": exception, "content": content, "error_code": None}
 
 
-@dataclass
-class LoggedRequest:
-    user: str | None
-    ops: list[Any]
-    status: int = 0
-    answered: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
+def detail(msg: str, loc: list[Any] | None = None) -> dict[str, Any]:
+    """The request-shape error body (422)."""
+    return {"detail": [{"loc": loc or ["body"], "msg": msg, "type": "value_error"}]}
+
+
+class FtrackRequest(Request):
+    @property
+    def user(self) -> str | None:
+        return self.headers.get("ftrack-user")
+
+    @property
+    def ops(self) -> list[Any]:
+        ops = self.json()
+        return ops if isinstance(ops, list) else [ops]
 
 
 # --- the query language subset ------------------------------------------------------------
@@ -283,53 +285,19 @@ def _like(a: Any, pattern: Any) -> bool:
 
 # --- the server ------------------------------------------------------------------------------
 
-class FakeFtrack:
+class FakeFtrack(FakeServer):
     """Start with ``start()``; ``url`` is the server URL to configure (``{url}/api`` is the API)."""
 
+    name = "ftrack"
+    protocol_version = "HTTP/1.0"  # one request per connection, as before
+    request_class = FtrackRequest
+
     def __init__(self, users: dict[str, str] | None = None) -> None:
+        super().__init__()
         self.users = dict(users or {"watcher": "k3y-" + uuid.uuid4().hex})
         self._db: dict[str, dict[str, Any]] = {}
-        self._lock = threading.RLock()
-        self._knobs: list[_Knob] = []
-        self.log: list[LoggedRequest] = []
         self.unique_versions = False  # refuse a second AssetVersion with the same (asset, version)
-        self.port = 0
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
         self._seed()
-
-    # ---- lifecycle
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> "FakeFtrack":
-        fake = self
-
-        class Handler(_Handler):
-            server_fake = fake
-
-        self._server = _Server(("127.0.0.1", self.port), Handler)
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="fake-ftrack", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    down = stop  # connection refused until up()
-
-    def up(self) -> None:
-        if self._server is None:
-            self.start()
 
     # ---- seeding
     def _seed(self) -> None:
@@ -345,7 +313,7 @@ class FakeFtrack:
     def _put(self, entity_type: str, data: dict[str, Any]) -> str:
         rec = {"__entity_type__": entity_type, **data}
         rec.setdefault("id", str(uuid.uuid4()))
-        with self._lock:
+        with self.lock:
             self._db[rec["id"]] = rec
         return rec["id"]
 
@@ -374,53 +342,33 @@ class FakeFtrack:
     def add_location(self, name: str) -> str:
         return self._put("Location", {"name": name, "label": name, "description": ""})
 
-    # ---- knobs
-    def fail_next(self, n: int = 1, status: int = 503, retry_after: str | None = None, body: Any = None,
-                  *, action: str | None = None) -> None:
-        """The next n requests (with an operation ``action``, if given) get ``status``, unapplied."""
-        with self._lock:
-            self._knobs.append(_Knob("fail", n, status=status, retry_after=retry_after, body=body, action=action))
-
-    def drop_next(self, n: int = 1, after_apply: bool = False, *, action: str | None = None) -> None:
-        """Close the next n connections without an answer; ``after_apply``: the batch landed."""
-        with self._lock:
-            self._knobs.append(_Knob("drop", n, after_apply=after_apply, action=action))
-
-    def partial_next(self, ops: int, *, action: str | None = "create") -> None:
+    # ---- faults of its own (the rest: tests/fakes.py)
+    def partial(self, ops: int, *, action: str | None = "create") -> Fault:
         """The next request (with a create, by default) applies only its first ``ops`` operations
         (kept), then fails with 500: a server that is not atomic."""
-        with self._lock:
-            self._knobs.append(_Knob("partial", 1, ops=ops, status=500, action=action))
+        return self.add_fault("partial", 1, where={"action": action} if action else {}, params={"ops": ops})
 
-    def reject_next(self, exception: str, content: str, *, action: str | None = None) -> None:
-        """The next request (with an operation ``action``, if given) is refused with an error object."""
-        with self._lock:
-            self._knobs.append(_Knob("reject", 1, body={"exception": exception, "content": content,
-                                                         "error_code": None}, action=action))
+    def fault_matches(self, fault: Fault, request: Request) -> bool:
+        """``action=``: only requests with an operation of that action."""
+        action = fault.where.get("action")
+        return action is None or any(isinstance(o, dict) and o.get("action") == action
+                                     for o in request.ops)  # type: ignore[attr-defined]
 
-    def detail_next(self, msg: str, loc: list[Any] | None = None, status: int = 422) -> None:
-        with self._lock:
-            self._knobs.append(_Knob("fail", 1, status=status, body={"detail": [
-                {"loc": loc or ["body"], "msg": msg, "type": "value_error"}]}))
-
-    def _take_knob(self, ops: list[Any]) -> _Knob | None:
-        with self._lock:
-            for knob in self._knobs:
-                if knob.action and not any(isinstance(o, dict) and o.get("action") == knob.action for o in ops):
-                    continue
-                knob.count -= 1
-                if knob.count <= 0:
-                    self._knobs.remove(knob)
-                return knob
-        return None
+    def error_body(self, status: int) -> Any:
+        if status == 401:
+            return refusal("InvalidCredentialsError",
+                           "The supplied API key is not valid. API keys are created from Settings "
+                           "under the page API keys. The api key should be passed in the request "
+                           "header \"ftrack-api-key\".")
+        return refusal("ServerError", "Service temporarily unavailable")
 
     # ---- inspection
     def records(self, family: str) -> list[dict[str, Any]]:
-        with self._lock:
+        with self.lock:
             return [copy.deepcopy(r) for r in self._db.values() if self._in_family(r, family)]
 
     def get(self, entity_id: str) -> dict[str, Any] | None:
-        with self._lock:
+        with self.lock:
             r = self._db.get(entity_id)
             return copy.deepcopy(r) if r else None
 
@@ -429,63 +377,42 @@ class FakeFtrack:
         return [op for req in self.log for op in req.ops if isinstance(op, dict) and op.get("action") == action]
 
     # ---- request handling
-    def handle(self, headers: dict[str, str], raw: bytes) -> tuple[int, Any, dict[str, str]] | None:
-        """(status, body, extra headers) or None to drop the connection."""
+    def respond(self, request: Request) -> tuple[int, Any, dict[str, str]]:
+        if request.method != "POST" or request.path.rstrip("/") != "/api":
+            return 404, refusal("NotFound", f"No route {request.method} {request.target}"), {}
+        fault = request.fault
+        return self.handle(request.headers, request.raw,
+                           limit=fault.params["ops"] if fault and fault.kind == "partial" else None)
+
+    def handle(self, headers: Any, raw: bytes, limit: int | None = None) -> tuple[int, Any, dict[str, str]]:
+        """(status, body, extra headers) of one POST /api; ``limit``: apply only that many
+        operations, then fail (the ``partial`` fault)."""
         user, key = headers.get("ftrack-user"), headers.get("ftrack-api-key")
         strict = headers.get("ftrack-strict-api", "false").lower() == "true"
         try:
             ops = json.loads(raw.decode("utf-8") or "null")
         except ValueError as exc:
             return 422, {"detail": [{"loc": ["body"], "msg": f"invalid JSON: {exc}", "type": "value_error.json"}]}, {}
-        entry = LoggedRequest(user=user, ops=ops if isinstance(ops, list) else [ops])
-        with self._lock:
-            self.log.append(entry)
         if user is None or key is None or self.users.get(user) != key:
-            entry.status = 401
-            return 401, {"exception": "InvalidCredentialsError", "error_code": None,
-                         "content": "The supplied API key is not valid. API keys are created from Settings "
-                                    "under the page API keys. The api key should be passed in the request "
-                                    "header \"ftrack-api-key\"."}, {}
+            return 401, self.error_body(401), {}
         if not isinstance(ops, list):
-            entry.status = 422
             return 422, {"detail": [{"loc": ["body"], "msg": "value is not a valid list", "type": "type_error.list"}]}, {}
         for i, op in enumerate(ops):
             if not isinstance(op, dict) or "action" not in op:
-                entry.status = 422
                 return 422, {"detail": [{"loc": ["body", i, "action"], "msg": "field required",
                                          "type": "value_error.missing"}]}, {}
-        knob = self._take_knob(ops)
-        if knob and knob.kind == "fail":
-            entry.status = knob.status
-            extra = {"Retry-After": knob.retry_after} if knob.retry_after else {}
-            return knob.status, knob.body if knob.body is not None else {
-                "exception": "ServerError", "content": "Service temporarily unavailable", "error_code": None}, extra
-        if knob and knob.kind == "drop" and not knob.after_apply:
-            entry.answered = False
-            return None
-        if knob and knob.kind == "reject":
-            entry.status = 400 if strict else 200
-            return entry.status, knob.body, {}
-        limit = knob.ops if knob and knob.kind == "partial" else None
         try:
             results = self.apply(ops, limit=limit)
         except ApiError as exc:
-            entry.status = (exc.status if strict else 200)
-            return entry.status, {"exception": exc.exception, "content": exc.content, "error_code": None}, {}
-        if knob and knob.kind == "partial":
-            entry.status = 500
-            return 500, {"exception": "ServerError", "content": "Internal error after partial commit",
-                         "error_code": None}, {}
-        if knob and knob.kind == "drop":
-            entry.answered = False
-            return None
-        entry.status = 200
+            return (exc.status if strict else 200), refusal(exc.exception, exc.content), {}
+        if limit is not None:
+            return 500, refusal("ServerError", "Internal error after partial commit"), {}
         return 200, results, {}
 
     def apply(self, ops: list[dict[str, Any]], limit: int | None = None) -> list[Any]:
         """Run a batch on a copy of the store and keep it only if every operation succeeds (or,
         with ``limit``, keep the first ``limit`` operations whatever follows)."""
-        with self._lock:
+        with self.lock:
             work = dict(self._db)
             results = []
             for i, op in enumerate(ops):
@@ -721,39 +648,3 @@ class FakeFtrack:
         new = {**rec, **data}
         db[rec["id"]] = new
         return copy.deepcopy(new)
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 64  # a burst of parallel workers is not refused by the listen backlog
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server_fake: FakeFtrack
-    protocol_version = "HTTP/1.0"  # one request per connection: down() really refuses
-
-    def log_message(self, *args: Any) -> None:  # keep test output clean
-        pass
-
-    def do_POST(self) -> None:  # noqa: N802
-        if self.path.rstrip("/") != "/api":
-            self._send(404, {"exception": "NotFound", "content": f"No route {self.path}", "error_code": None}, {})
-            return
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
-        headers = {k.lower(): v for k, v in self.headers.items()}
-        answer = self.server_fake.handle(headers, raw)
-        if answer is None:
-            self.close_connection = True
-            return
-        self._send(*answer)
-
-    def _send(self, status: int, body: Any, extra: dict[str, str]) -> None:
-        data = json.dumps(body).encode("utf-8")
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        for k, v in extra.items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(data)

@@ -6,26 +6,25 @@ demand (expired tokens, 429 with Retry-After, 5xx, answers lost after the write,
 enforces what Zou enforces there: bearer auth (401 ``{"msg"}``, 422 for a malformed token),
 validation errors in Zou's shape, 404 with Zou's generic body for unknown ids, the duplicate
 output-file refusal ``{"error": "The given output file already exists."}``, a 500 for an
-extension over 10 characters. Records are plain dicts in ``db``; ``fail(...)`` queues faults.
+extension over 10 characters. Records are plain dicts in ``db``. Server lifecycle, the request
+``log`` and the faults (``reply``, ``drop``, ``drop_after_apply``, ``slow``, ``pause``/``resume``)
+come from ``tests/fakes.py``.
 """
 from __future__ import annotations
 
-import http.server
 import json
 import re
-import socket
 import struct
-import threading
-import time
 import uuid
 import zlib
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 from fileseq import FrameSet
 
 from watcher.model import Entity, Publish
+
+from .fakes import FakeServer, Request
 
 # ---------------------------------------------------------------------------------------------
 # Builders: real files under tmp_path and the Publish the pipeline would make of them
@@ -108,25 +107,20 @@ NOT_FOUND = {"error": True, "message": "404 Not Found: The requested URL was not
              "data": None}
 
 
-class FakeZou:
+class FakeZou(FakeServer):
     """A Zou stand-in on 127.0.0.1 (own thread, ephemeral port). Seeded with project
     'Fake Show' (with a file tree), sequence SQ01, shot SH010, task type Compositing and a
     Compositing task on the shot, status 'todo'/'wfa'. Credentials: bot token ``BOT_TOKEN``,
-    user ``USER_EMAIL``/``USER_PASSWORD``.
+    user ``USER_EMAIL``/``USER_PASSWORD``."""
 
-    ``fail(method, path_regex, status=..., body=..., headers=..., times=1, mode=...)`` queues a
-    fault for the next matching requests; ``mode`` is ``"answer"`` (send status/body instead of
-    handling), ``"lose"`` (handle it, then close the connection without answering), ``"drop"``
-    (close without handling) or ``"slow"`` (handle, answer after ``delay`` seconds)."""
+    name = "zou"
 
     BOT_TOKEN = "fake-bot-token"
     USER_EMAIL = "ingest@studio.example"
     USER_PASSWORD = "fake-pass-123"
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.faults: list[dict[str, Any]] = []
-        self.requests: list[tuple[str, str]] = []  # (method, path) as received
+        super().__init__()
         self.logins = 0
         self.refreshes = 0
         self.valid_access: set[str] = {self.BOT_TOKEN}
@@ -135,40 +129,17 @@ class FakeZou:
             "projects", "entity_types", "entities", "task_types", "task_status", "tasks", "output_types",
             "output_files", "comments")}
         self._seed()
-        fake = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True  # no 40 ms delayed-ACK stall per answer
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def handle_one(self) -> None:
-                fake._dispatch(self)
-
-            do_GET = do_POST = do_PUT = do_DELETE = handle_one
-
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-
-    # ---- lifecycle and knobs ----
-    def start(self) -> "FakeZou":
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-    def fail(self, method: str, path_regex: str, *, status: int = 500, body: Any = None,
-             headers: dict[str, str] | None = None, times: int = 1, mode: str = "answer",
-             delay: float = 0.0) -> None:
+    @property
+    def requests(self) -> list[tuple[str, str]]:
+        """(method, path) of every request received."""
         with self.lock:
-            self.faults.append(dict(method=method, regex=path_regex, status=status, body=body,
-                                    headers=headers or {}, times=times, mode=mode, delay=delay))
+            return [(r.method, r.path) for r in self.log]
+
+    def error_body(self, status: int) -> Any:
+        if status == 401:
+            return {"msg": "Token has expired"}
+        return {"error": True, "message": super().error_body(status)["error"]}
 
     def expire_access_tokens(self) -> None:
         """Every user access token stops working (refresh tokens still do)."""
@@ -187,9 +158,6 @@ class FakeZou:
     def comments(self) -> list[dict]:
         with self.lock:
             return [dict(r) for r in self.db["comments"].values()]
-
-    def count(self, method: str, regex: str) -> int:
-        return sum(1 for m, p in self.requests if m == method and re.search(regex, p))
 
     # ---- data ----
     def _add(self, table: str, **row: Any) -> dict:
@@ -214,56 +182,12 @@ class FakeZou:
                               project_id=self.project["id"], task_status_id=self.todo["id"])
 
     # ---- HTTP ----
-    def _dispatch(self, h: http.server.BaseHTTPRequestHandler) -> None:
-        split = urlsplit(h.path)
-        path, query = split.path, {k: v[0] for k, v in parse_qs(split.query).items()}
-        length = int(h.headers.get("Content-Length") or 0)
-        raw = h.rfile.read(length) if length else b""
+    def respond(self, request: Request) -> tuple[int, Any, dict[str, str]]:
+        query = {k: v[0] for k, v in request.query.items()}
         with self.lock:
-            self.requests.append((h.command, path))
-            fault = None
-            for f in self.faults:
-                if f["times"] > 0 and f["method"] == h.command and re.search(f["regex"], path):
-                    f["times"] -= 1
-                    fault = dict(f)
-                    break
-        if fault and fault["mode"] == "drop":
-            return self._hang_up(h)
-        if fault and fault["mode"] == "answer":
-            return self._send(h, fault["status"], fault["body"], fault["headers"])
-        try:
-            body = json.loads(raw) if raw else None
-        except ValueError:
-            body = None
-        with self.lock:
-            status, answer = self._route(h.command, path, query, body, h.headers.get("Authorization", ""))
-        if fault and fault["mode"] == "lose":
-            return self._hang_up(h)
-        if fault and fault["mode"] == "slow":
-            time.sleep(fault["delay"])
-        self._send(h, status, answer)
-
-    @staticmethod
-    def _hang_up(h: http.server.BaseHTTPRequestHandler) -> None:
-        h.close_connection = True
-        try:
-            h.connection.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-
-    @staticmethod
-    def _send(h: http.server.BaseHTTPRequestHandler, status: int, body: Any, headers: dict | None = None) -> None:
-        data = b"" if body is None else json.dumps(body).encode()
-        try:
-            h.send_response(status)
-            h.send_header("Content-Type", "application/json")
-            h.send_header("Content-Length", str(len(data)))
-            for k, v in (headers or {}).items():
-                h.send_header(k, v)
-            h.end_headers()
-            h.wfile.write(data)
-        except OSError:
-            pass
+            status, answer = self._route(request.method, request.path, query, request.json(),
+                                         request.headers.get("Authorization", ""))
+        return status, answer, {"Content-Type": "application/json"}
 
     def _auth(self, header: str, refresh: bool = False) -> tuple[int, Any] | None:
         if not header.startswith("Bearer "):

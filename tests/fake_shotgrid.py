@@ -23,11 +23,10 @@ What it enforces is what the real service enforces, as recorded in
   ``links.complete_upload``; ``PUT`` bytes; ``POST`` complete -> 201.
 - errors always ``{"errors": [{id, status, code, title, detail, source, meta}]}``.
 
-Knobs for the error paths: ``fail()`` (status + Retry-After for the next matching requests),
-``drop()`` (close the connection before processing, or after processing so the response is
-lost), ``pause()``/``resume()`` (connection refused, same port), ``expire_tokens()``,
-``token_ttl``, ``latency``. ``log`` records every request; ``records()``/``find()`` inspect the
-data; ``add_*`` seed it.
+Server lifecycle, the request ``log`` and the fault vocabulary (``reply``, ``drop``,
+``drop_after_apply``, ``slow``, ``pause``/``resume``) come from ``tests/fakes.py``; of its own this
+fake has ``expire_tokens()`` and ``token_ttl``. ``records()``/``find()`` inspect the data; ``add_*``
+seed it.
 """
 from __future__ import annotations
 
@@ -35,14 +34,13 @@ import json
 import mimetypes
 import re
 import secrets
-import socket
-import threading
 import time
 import uuid
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
+
+from .fakes import FakeServer, Request
 
 ARRAY_CT = "application/vnd+shotgun.api3_array+json"
 HASH_CT = "application/vnd+shotgun.api3_hash+json"
@@ -140,22 +138,6 @@ def _type_words(name: str) -> list[str]:
 
 
 @dataclass
-class Rule:
-    """One injected failure: the next ``count`` requests matching ``method``/``path`` get it."""
-
-    count: int
-    action: str  # "status" | "drop_before" | "drop_after"
-    status: int = 503
-    retry_after: str | None = None
-    method: str | None = None
-    path: str | None = None  # regular expression searched in the request path
-
-    def matches(self, method: str, path: str) -> bool:
-        return ((self.method is None or self.method == method)
-                and (self.path is None or re.search(self.path, path) is not None))
-
-
-@dataclass
 class Token:
     user: dict[str, Any]
     expires: float
@@ -163,26 +145,18 @@ class Token:
     credentials: tuple[str, str]
 
 
-@dataclass
-class LogEntry:
-    method: str
-    path: str
-    status: int | None  # None: connection dropped with no answer
-    body: Any = None
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-class FakeShotGrid:
+class FakeShotGrid(FakeServer):
     """The fake site. ``start()`` binds an ephemeral port on 127.0.0.1; ``url`` is the site URL."""
 
+    name = "shotgrid"
+
     def __init__(self, *, token_ttl: float = 600.0, page_cap: int = 5000) -> None:
+        super().__init__()
         self.schema = default_schema()
         self.token_ttl = token_ttl
         self.page_cap = page_cap
-        self.latency = 0.0
         self.status_default = {"PublishedFile": "wtg", "Version": "rev", "Shot": "wtg", "Asset": "wtg",
                                "Sequence": "wtg", "Task": "wtg", "HumanUser": "act"}
-        self.lock = threading.RLock()
         self.data: dict[str, dict[int, dict[str, Any]]] = {t: {} for t in self.schema}
         self.ids = 0
         self.attachment_ids = 1000
@@ -190,92 +164,25 @@ class FakeShotGrid:
         self.passwords: dict[str, str] = {}
         self.tokens: dict[str, Token] = {}
         self.refresh_tokens: dict[str, tuple[str, str]] = {}
-        self.rules: list[Rule] = []
-        self.log: list[LogEntry] = []
         self.uploads: dict[str, dict[str, Any]] = {}
         self.thumbnails: dict[tuple[str, int], bytes] = {}
-        self.httpd: ThreadingHTTPServer | None = None
-        self.thread: threading.Thread | None = None
-        self.port = 0
-        self._conns: set[socket.socket] = set()
 
-    # ---- lifecycle -------------------------------------------------------------------------
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    # ---- the wire (lifecycle, log and faults: tests/fakes.py) -----------------------------------
+    def respond(self, request: Request) -> tuple[int, Any, dict[str, str]]:
+        try:
+            status, body = _Router(self, request).route()
+        except ApiError as err:
+            return err.status, err.body(), err.headers
+        return status, body, {}
 
-    def start(self) -> "FakeShotGrid":
-        fake = self
-
-        class Handler(_Handler):
-            server_fake = fake
-
-        for _ in range(50):  # resume() rebinds the same port; TIME_WAIT can delay it briefly
-            try:
-                self.httpd = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-                break
-            except OSError:
-                if not self.port:
-                    raise
-                time.sleep(0.05)
-        else:  # pragma: no cover
-            raise RuntimeError(f"cannot rebind 127.0.0.1:{self.port}")
-        self.httpd.daemon_threads = True
-        self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02},
-                                       name="fake-shotgrid", daemon=True)
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self.httpd is not None:
-            self.httpd.shutdown()
-            self.httpd.server_close()
-            self.httpd = None
-        with self.lock:
-            conns, self._conns = list(self._conns), set()
-        for c in conns:  # keep-alive connections would otherwise go on being served
-            try:
-                c.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        if self.thread is not None:
-            self.thread.join(5)
-            self.thread = None
-
-    def pause(self) -> None:
-        """Connection refused from now on (the port stays reserved for ``resume``)."""
-        self.stop()
-
-    def resume(self) -> None:
-        self.start()
+    def error_body(self, status: int) -> Any:
+        return ApiError(status, {401: "Unauthorized", 429: "Too Many Requests", 503: "Service Unavailable"}.get(
+            status, "Internal Server Error"), code=0).body()
 
     # ---- knobs -------------------------------------------------------------------------------
-    def fail(self, count: int = 1, *, status: int = 503, retry_after: float | str | None = None,
-             method: str | None = None, path: str | None = None) -> None:
-        """The next ``count`` matching requests answer ``status`` without being processed."""
-        with self.lock:
-            self.rules.append(Rule(count, "status", status,
-                                   None if retry_after is None else str(retry_after), method, path))
-
-    def drop(self, count: int = 1, *, after: bool = False, method: str | None = None,
-             path: str | None = None) -> None:
-        """Close the connection with no answer; ``after=True`` processes the request first (the
-        request landed, the response was lost)."""
-        with self.lock:
-            self.rules.append(Rule(count, "drop_after" if after else "drop_before", method=method, path=path))
-
-    def clear_rules(self) -> None:
-        with self.lock:
-            self.rules.clear()
-
     def expire_tokens(self) -> None:
         with self.lock:
             self.tokens.clear()
-
-    def requests_to(self, method: str, path_part: str) -> list[LogEntry]:
-        with self.lock:
-            return [e for e in self.log if e.method == method and path_part in e.path]
 
     # ---- seeding -------------------------------------------------------------------------------
     def add_script(self, name: str, key: str) -> dict[str, Any]:
@@ -741,88 +648,15 @@ def _compare(op: str, kind: str, actual: Any, value: Any, path: str) -> bool:
                                       "not_contains, starts_with, ends_with, greater_than, less_than"})
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    wbufsize = -1  # headers and body in one segment (no Nagle / delayed-ACK stall); flushed per request
-    server_fake: FakeShotGrid
+class _Router:
+    """Answers one request (the fake's REST routes)."""
 
-    def log_message(self, *args: Any) -> None:  # quiet
-        pass
+    def __init__(self, fake: FakeShotGrid, request: Request) -> None:
+        self.server_fake, self.request, self.headers = fake, request, request.headers
 
-    def setup(self) -> None:
-        super().setup()
-        with self.server_fake.lock:
-            self.server_fake._conns.add(self.connection)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            with self.server_fake.lock:
-                self.server_fake._conns.discard(self.connection)
-
-    def do_GET(self) -> None:
-        self._dispatch("GET")
-
-    def do_POST(self) -> None:
-        self._dispatch("POST")
-
-    def do_PUT(self) -> None:
-        self._dispatch("PUT")
-
-    def do_DELETE(self) -> None:
-        self._dispatch("DELETE")
-
-    def do_PATCH(self) -> None:
-        self._dispatch("PATCH")
-
-    # ------------------------------------------------------------------------------------------
-    def _dispatch(self, method: str) -> None:
-        fake = self.server_fake
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
-        parts = urlsplit(self.path)
-        entry = LogEntry(method, parts.path, None, headers={k.lower(): v for k, v in self.headers.items()})
-        with fake.lock:
-            fake.log.append(entry)
-            rule = next((r for r in fake.rules if r.count > 0 and r.matches(method, parts.path)), None)
-            if rule:
-                rule.count -= 1
-                fake.rules = [r for r in fake.rules if r.count > 0]
-        if fake.latency:
-            time.sleep(fake.latency)
-        if rule and rule.action == "drop_before":
-            self.close_connection = True
-            return
-        if rule and rule.action == "status":
-            err = ApiError(rule.status, {429: "Too Many Requests", 503: "Service Unavailable"}.get(
-                rule.status, "Internal Server Error"), code=0,
-                headers={"Retry-After": rule.retry_after} if rule.retry_after is not None else None)
-            self._send(entry, err.status, err.body(), err.headers)
-            return
-        try:
-            status, body = self._route(method, parts.path, parse_qs(parts.query), raw, entry)
-        except ApiError as err:
-            status, body = err.status, err.body()
-        except Exception as exc:  # pragma: no cover - a bug in the fake must not hang the client
-            status, body = 500, ApiError(500, "Internal Server Error", detail=repr(exc)).body()
-        if rule and rule.action == "drop_after":
-            entry.status = None
-            self.close_connection = True
-            return
-        self._send(entry, status, body)
-
-    def _send(self, entry: LogEntry, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
-        entry.status = status
-        payload = b"" if body is None else json.dumps(body).encode()
-        self.send_response(status)
-        if payload:
-            self.send_header("Content-Type", "application/json; charset=utf-8")
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
+    def route(self) -> tuple[int, Any]:
+        r = self.request
+        return self._route(r.method, r.path, r.query, r.raw, r)
 
     def _json(self, raw: bytes, ctypes: tuple[str, ...]) -> Any:
         ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
@@ -836,7 +670,7 @@ class _Handler(BaseHTTPRequestHandler):
             raise ApiError(400, "Invalid JSON body", source={"body": str(exc)}) from None
 
     def _route(self, method: str, path: str, query: dict[str, list[str]], raw: bytes,
-               entry: LogEntry) -> tuple[int, Any]:
+               entry: Request) -> tuple[int, Any]:
         fake = self.server_fake
         m = re.match(r"^/fake_s3/([0-9a-f]+)$", path)
         if m and method == "PUT":  # the presigned upload URL: no bearer token

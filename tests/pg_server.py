@@ -1,4 +1,6 @@
 """A real, throwaway PostgreSQL server for tests (Debian's binaries), started once per session.
+This is the one PostgreSQL launcher of the tests: the journal's tests use it through the
+fixtures below, the real Zou harness (``tests/zou_server.py``) for its own database.
 
 ``start_postgres(tmpdir)`` runs ``initdb`` + ``pg_ctl start`` as the ``postgres`` system user
 when we are root (initdb refuses root), with the data directory and the unix socket under
@@ -101,11 +103,12 @@ def _tail(path: Path, n: int = 20) -> str:
 
 @dataclass
 class PgServer:
-    """A running server: superuser ``postgres`` with ``password`` on 127.0.0.1:``port``."""
+    """A running server: superuser ``postgres`` with ``password`` on 127.0.0.1:``port`` (no
+    password: trust authentication)."""
 
     base: Path
     port: int
-    password: str
+    password: str | None
     bin: Path
     runas: list[str]
     startup_seconds: float = 0.0
@@ -125,7 +128,8 @@ class PgServer:
     def url(self, dbname: str = "postgres", *, user: str = "postgres", password: str | None = None,
             schema: str | None = None) -> str:
         """libpq URL with the password in it; ``schema`` sets the connection's search_path."""
-        url = f"postgresql://{user}:{self.password if password is None else password}@127.0.0.1:{self.port}/{dbname}"
+        secret = self.password if password is None else password
+        url = f"postgresql://{user}{':' + secret if secret else ''}@127.0.0.1:{self.port}/{dbname}"
         return f"{url}?options=-csearch_path%3D{schema}" if schema else url
 
     def admin(self) -> psycopg.Connection:
@@ -173,10 +177,19 @@ class PgServer:
         if self._admin is not None:
             self._admin.close()
             self._admin = None
-        if self.data.exists():
-            subprocess.run([*self.runas, str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w",
-                            "-t", "20", "stop"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        stop_cluster(self.base, self.bin, self.runas)
         shutil.rmtree(self.base, ignore_errors=True)
+
+
+def stop_cluster(base: Path, pgbin: Path | None = None, runas: list[str] | None = None, timeout: int = 20) -> None:
+    """Stop the server whose data directory is ``base/data`` if it runs (also one that another,
+    dead test process started)."""
+    if not (base / "data" / "postmaster.pid").exists():
+        return
+    pgbin = pgbin or pg_bin()
+    runas = _as_postgres() if runas is None else runas
+    subprocess.run([*runas, str(pgbin / "pg_ctl"), "-D", str(base / "data"), "-m", "immediate", "-w", "-t",
+                    str(timeout), "stop"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
 
 
 def _reap_orphans(pgbin: Path, runas: list[str], parent: Path) -> None:
@@ -189,42 +202,49 @@ def _reap_orphans(pgbin: Path, runas: list[str], parent: Path) -> None:
             pass
         except (OSError, ValueError):
             continue
-        data = owner.parent / "data"
-        if (data / "postmaster.pid").exists():
-            subprocess.run([*runas, str(pgbin / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "-t", "10",
-                            "stop"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        stop_cluster(owner.parent, pgbin, runas, timeout=10)
         shutil.rmtree(owner.parent, ignore_errors=True)
 
 
-def start_postgres(tmpdir: Path | str | None = None) -> PgServer:
-    """initdb + start a private server under ``tmpdir`` (a new temp dir when None). The directory
-    must be reachable by the ``postgres`` user when we are root (/tmp is; pytest's tmp_path
-    is not, being 0700 root)."""
+def start_postgres(tmpdir: Path | str | None = None, *, base: Path | None = None, password: bool = True,
+                   max_connections: int = 60) -> PgServer:
+    """initdb + start a private server under ``tmpdir`` (a new temp dir when None), wait until it
+    answers. The directory must be reachable by the ``postgres`` user when we are root (/tmp is;
+    pytest's tmp_path is not, being 0700 root).
+
+    ``base``: use that directory instead (created if missing; whoever owns its parent reaps it
+    after a crash). ``password=False``: trust authentication, the URL has no password."""
     t0 = time.monotonic()
     pgbin = pg_bin()
     runas = _as_postgres()
-    _reap_orphans(pgbin, runas, Path(tmpdir or tempfile.gettempdir()))
-    base = Path(tempfile.mkdtemp(prefix=PREFIX, dir=tmpdir))
+    if base is None:
+        _reap_orphans(pgbin, runas, Path(tmpdir or tempfile.gettempdir()))
+        base = Path(tempfile.mkdtemp(prefix=PREFIX, dir=tmpdir))
+        (base / "owner.pid").write_text(str(os.getpid()))
+    else:
+        base.mkdir(parents=True, exist_ok=True)
     base.chmod(0o700)
-    (base / "owner.pid").write_text(str(os.getpid()))
     _give_to_postgres(base)
-    password = secrets.token_urlsafe(18)
-    pwfile = base / "pw"
-    pwfile.write_text(password + "\n")
-    _give_to_postgres(pwfile)
-    server = PgServer(base=base, port=0, password=password, bin=pgbin, runas=runas)
+    secret = secrets.token_urlsafe(18) if password else None
+    server = PgServer(base=base, port=0, password=secret, bin=pgbin, runas=runas)
     try:
-        _run([*runas, str(pgbin / "initdb"), "-D", str(server.data), "-U", "postgres", f"--pwfile={pwfile}",
-              "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync",
-              "--no-instructions"], "initdb", base / "initdb.log")
-        pwfile.unlink()
+        auth = ["--auth=trust"]
+        if secret:
+            pwfile = base / "pw"
+            pwfile.write_text(secret + "\n")
+            _give_to_postgres(pwfile)
+            auth = [f"--pwfile={pwfile}", "--auth-local=trust", "--auth-host=scram-sha-256"]
+        _run([*runas, str(pgbin / "initdb"), "-D", str(server.data), "-U", "postgres", *auth, "-E", "UTF8",
+              "--locale=C.UTF-8", "--no-sync", "--no-instructions"], "initdb", base / "initdb.log")
+        if secret:
+            pwfile.unlink()
         opts = ("-c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-                f"-c shared_buffers=16MB -c max_connections=60 -c unix_socket_directories={base} "
+                f"-c shared_buffers=16MB -c max_connections={max_connections} -c unix_socket_directories={base} "
                 "-c log_min_messages=warning")
         for attempt in range(3):  # the port we picked may be taken by the time we bind it
             server.port = free_port()
             try:
-                _run([*runas, str(pgbin / "pg_ctl"), "-D", str(server.data), "-l", str(server.log), "-w", "-t", "30",
+                _run([*runas, str(pgbin / "pg_ctl"), "-D", str(server.data), "-l", str(server.log), "-w", "-t", "60",
                       "-o", f"{opts} -p {server.port}", "start"], "starting PostgreSQL", base / "pg_ctl.log")
                 break
             except PgUnavailable:

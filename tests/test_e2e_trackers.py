@@ -60,7 +60,7 @@ def test_shotgrid_end_to_end_with_an_outage_mid_burst(tmp_path, sg):
                           "frame_range_field": None})
     with running(s):
         burst_with_outage(s.roots[0].path, fake.pause, fake.resume)
-        fake.drop(2, after=True, method="POST")  # two creates land but their answers are lost
+        fake.drop_after_apply(count=2, method="POST")  # two creates land but their answers are lost
         wait_for(lambda: len([r for r in rows(s) if r.status == Status.PUBLISHED]) == 2 * len(SHOTS), 60, 0.2)
     assert any(r.attempts > 1 for r in rows(s)), "the outage never reached a publish"
     pubs = fake.records("PublishedFile")
@@ -92,7 +92,7 @@ def test_shotgrid_missing_shot_fails_with_its_name_then_retry_publishes(tmp_path
         assert fake.records("PublishedFile") == []
         shot = fake.add("Shot", code="sh999", project=fake.site["project"], sg_sequence=fake.site["seq"])
         fake.add("Task", content="comp", project=fake.site["project"], entity=shot, step=fake.site["step_comp"])
-        assert sorted(svc.journal.requeue(failed=True)) == sorted(r.id for r in failed)  # = `watcher retry --failed`
+        assert sorted(svc.journal.requeue()) == sorted(r.id for r in failed)  # = `watcher retry --failed`
         svc.publishers.wake()
         wait_for(lambda: len([r for r in rows(s) if r.status == Status.PUBLISHED]) == 2, 30)
     assert {p["entity"]["id"] for p in fake.records("PublishedFile")} == {shot["id"]}
@@ -119,8 +119,8 @@ def test_ftrack_end_to_end_with_an_outage_mid_burst(tmp_path, ft):
                           "project": "demo", "asset_types": {"Rendered Image": "img", "Nuke Script": "scene"},
                           "retries": 1, "backoff_base": 0.01, "backoff_cap": 0.05, "timeout": 3})
     with running(s):
-        burst_with_outage(s.roots[0].path, ft.down, ft.up)
-        ft.drop_next(2, after_apply=True)  # two batches land but their answers are lost
+        burst_with_outage(s.roots[0].path, ft.pause, ft.resume)
+        ft.drop_after_apply(count=2)  # two batches land but their answers are lost
         wait_for(lambda: len([r for r in rows(s) if r.status == Status.PUBLISHED]) == 2 * len(SHOTS), 60, 0.2)
     assert any(r.attempts > 1 for r in rows(s)), "the outage never reached a publish"
     versions = ft.records("AssetVersion")

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from tests.fake_ftrack import LOCATION_IDS, OBJECT_TYPE_IDS, FakeFtrack
+from tests.fake_ftrack import LOCATION_IDS, OBJECT_TYPE_IDS, FakeFtrack, detail, refusal
 from watcher.errors import ConfigError, PermanentError, RetryableError
 from watcher.model import Entity, Job, Publish
 from watcher.publish.base import BackendContext
@@ -50,7 +50,7 @@ class World:
             asset_types={"Rendered Image": "img", "nk": "scene", "abc": "geo"},
             retries=2, backoff_base=0.001, backoff_cap=0.01, timeout=5)
         values.update(overrides)
-        return FtrackBackend(FtrackSettings(**values), BackendContext(journal=None, config_dir=self.tmp, roots={}))
+        return FtrackBackend(FtrackSettings(**values), BackendContext(config_dir=self.tmp, roots={}))
 
     def single(self, rel: str = "sh010/comp/sh010_comp_v003.nk", *, version: int | None = 3,
                name: str = "sh010_comp", entity: Entity | None = Entity("Shot", "sh010"),
@@ -190,9 +190,9 @@ def test_every_request_carries_the_auth_headers_and_json(world: World, monkeypat
     seen: list[dict[str, str]] = []
     original = world.fake.handle
 
-    def spy(headers: dict[str, str], raw: bytes) -> Any:
+    def spy(headers: dict[str, str], raw: bytes, **kw: Any) -> Any:
         seen.append(headers)
-        return original(headers, raw)
+        return original(headers, raw, **kw)
 
     monkeypatch.setattr(world.fake, "handle", spy)
     world.backend().publish(world.job(world.single()))
@@ -443,7 +443,7 @@ def test_ids_are_saved_before_the_create_batch_is_sent(world: World) -> None:
 
 
 def test_refused_create_then_retry_uses_the_same_ids(world: World) -> None:
-    world.fake.fail_next(1, status=503, action="create")  # creates are not retried blindly
+    world.fake.reply(503, action="create")  # creates are not retried blindly
     p = world.single()
     with pytest.raises(RetryableError):
         world.backend().publish(world.job(p, 1))
@@ -455,7 +455,7 @@ def test_refused_create_then_retry_uses_the_same_ids(world: World) -> None:
 
 
 def test_lost_response_after_the_batch_landed_completes_without_a_second_create(world: World) -> None:
-    world.fake.drop_next(1, after_apply=True, action="create")
+    world.fake.drop_after_apply(action="create")
     p = world.sequence()
     b = world.backend()
     with pytest.raises(RetryableError):
@@ -474,7 +474,7 @@ def test_lost_response_after_the_batch_landed_completes_without_a_second_create(
 
 
 def test_non_atomic_partial_batch_is_completed_on_retry(world: World) -> None:
-    world.fake.partial_next(40)  # Asset, AssetVersion, SequenceComponent, 37 members
+    world.fake.partial(40)  # Asset, AssetVersion, SequenceComponent, 37 members
     p = world.sequence()
     b = world.backend(page_size=7)  # the retry's lookups page through the members
     with pytest.raises(RetryableError):
@@ -491,12 +491,12 @@ def test_non_atomic_partial_batch_is_completed_on_retry(world: World) -> None:
 
 
 def test_failure_before_the_published_flag_is_completed_on_retry(world: World) -> None:
-    world.fake.fail_next(10, status=502, action="update")
+    world.fake.reply(502, count=10, action="update")
     p = world.single()
     b = world.backend(retries=1)
     with pytest.raises(RetryableError, match="publishing AssetVersion 'sh010_comp' v003"):
         b.publish(world.job(p, 4))
-    world.fake._knobs.clear()
+    world.fake.clear_faults()
     n_creates = len(creates(world.fake))
     b.publish(world.job(p, 4, uncertain=True))
     assert len(creates(world.fake)) == n_creates
@@ -505,7 +505,7 @@ def test_failure_before_the_published_flag_is_completed_on_retry(world: World) -
 
 
 def test_uncertain_retry_without_version_number_finds_its_version_by_id(world: World) -> None:
-    world.fake.drop_next(1, after_apply=True, action="create")
+    world.fake.drop_after_apply(action="create")
     p = world.single(version=None)
     b = world.backend()
     with pytest.raises(RetryableError):
@@ -541,20 +541,20 @@ def test_outage_mid_burst_loses_nothing_and_duplicates_nothing(world: World) -> 
     # round 1: a healthy start, then trouble mid-burst
     for jid in (1, 2, 3):
         b.publish(world.job(pending.pop(jid), jid))
-    world.fake.drop_next(1, after_apply=True, action="create")   # job 4: landed, answer lost
+    world.fake.drop_after_apply(action="create")   # job 4: landed, answer lost
     b_job = 4
     with pytest.raises(RetryableError):
         b.publish(world.job(pending[b_job], b_job))
     uncertain.add(b_job)
-    world.fake.partial_next(12)                                     # job 5 (a sequence): half applied
+    world.fake.partial(12)                                     # job 5 (a sequence): half applied
     with pytest.raises(RetryableError):
         b.publish(world.job(pending[5], 5))
     uncertain.add(5)
-    world.fake.down()                                               # jobs 6..: connection refused
+    world.fake.pause()                                              # jobs 6..: connection refused
     run_once()
     assert len(pending) == 9
-    world.fake.up()
-    world.fake.fail_next(3, status=503)
+    world.fake.resume()
+    world.fake.reply(503, count=3)
     for _ in range(6):
         if not pending:
             break
@@ -608,7 +608,7 @@ def test_missing_task_is_allowed_when_not_required(world: World) -> None:
 
 
 def test_server_refusal_is_surfaced_in_its_own_words(world: World) -> None:
-    world.fake.reject_next("ValidationError", "Name contains forbidden characters.", action="create")
+    world.fake.reply(200, body=refusal("ValidationError", "Name contains forbidden characters."), action="create")
     with pytest.raises(PermanentError) as err:
         world.backend().publish(world.job(world.single()))
     msg = str(err.value)
@@ -632,7 +632,7 @@ def test_schema_violations_come_back_as_the_servers_error(world: World) -> None:
 
 
 def test_validation_detail_body_is_surfaced(world: World) -> None:
-    world.fake.detail_next("field required", loc=["body", 0, "expression"])
+    world.fake.reply(422, body=detail("field required", loc=["body", 0, "expression"]))
     with pytest.raises(PermanentError, match=r"HTTP 422 request rejected: body\.0\.expression: field required"):
         world.backend().publish(world.job(world.single()))
 
@@ -654,10 +654,10 @@ def test_bad_key_fails_clearly_and_never_shows_the_key(world: World, caplog: pyt
 
 
 def test_persistent_5xx_is_retryable_and_creates_nothing(world: World) -> None:
-    world.fake.fail_next(100, status=500)
+    world.fake.reply(500, count=100)
     with pytest.raises(RetryableError, match="HTTP 500 ServerError: Service temporarily unavailable"):
         world.backend().publish(world.job(world.single()))
-    world.fake._knobs.clear()
+    world.fake.clear_faults()
     assert world.fake.records("Asset") == []
 
 
@@ -665,7 +665,7 @@ def test_429_retry_after_is_honoured_then_succeeds(world: World) -> None:
     b = world.backend(retries=3, backoff_cap=30)
     slept: list[float] = []
     b.http._sleep = slept.append  # record instead of waiting
-    world.fake.fail_next(2, status=429, retry_after="7")
+    world.fake.reply(429, count=2, retry_after="7")
     b.publish(world.job(world.single()))
     assert len(slept) == 2 and all(s >= 7 for s in slept)
     assert len(world.versions()) == 1
@@ -673,16 +673,16 @@ def test_429_retry_after_is_honoured_then_succeeds(world: World) -> None:
 
 def test_connection_refused_is_retryable(world: World) -> None:
     b = world.backend(retries=1)
-    world.fake.down()
+    world.fake.pause()
     with pytest.raises(RetryableError, match="cannot connect"):
         b.publish(world.job(world.single()))
-    world.fake.up()
+    world.fake.resume()
     b.publish(world.job(world.single()))
     assert len(world.versions()) == 1
 
 
 def test_dropped_connection_before_apply_then_retry(world: World) -> None:
-    world.fake.drop_next(1, action="create")
+    world.fake.drop(action="create")
     p = world.single()
     b = world.backend()
     with pytest.raises(RetryableError):
@@ -739,15 +739,15 @@ def test_settings_are_strict_and_secrets_come_from_env_or_file(world: World, tmp
     s = FtrackSettings(**base)
     assert s.server_url == world.fake.url  # "/api" and slashes trimmed
     with pytest.raises(ConfigError, match="WATCHER_TRACKER__API_KEY"):
-        FtrackBackend(s, BackendContext(journal=None, config_dir=tmp_path, roots={}))
+        FtrackBackend(s, BackendContext(config_dir=tmp_path, roots={}))
     (tmp_path / "ftrack.key").write_text(world.key + "\n")
     b = FtrackBackend(FtrackSettings(**base, api_key_file=Path("ftrack.key"), project="demo",
                                      asset_types={"nk": "scene"}),
-                      BackendContext(journal=None, config_dir=tmp_path, roots={}))
+                      BackendContext(config_dir=tmp_path, roots={}))
     assert b.check()[0].ok
     with pytest.raises(ConfigError, match="ca_bundle"):
         FtrackBackend(FtrackSettings(**base, api_key="x", ca_bundle=Path("missing.pem")),
-                      BackendContext(journal=None, config_dir=tmp_path, roots={}))
+                      BackendContext(config_dir=tmp_path, roots={}))
 
 
 def test_backend_is_registered_under_its_name() -> None:

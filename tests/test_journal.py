@@ -13,9 +13,12 @@ import pytest
 from tests.pg_server import pg_server, pg_url  # noqa: F401  (pytest fixtures)
 from watcher.errors import JournalError
 from watcher.journal import postgres as pgj
-from watcher.journal.base import FileRecord, Status, TransitionError, open_journal
+from watcher.journal import open_journal
+from watcher.journal.base import FileRecord, Status, TransitionError
 from watcher.journal.postgres import PostgresJournal
-from watcher.journal.sqlite import SCHEMA_VERSION, SqliteJournal
+from watcher.journal.ledger import SCHEMA_VERSION
+from watcher.journal.sqlite import SqliteJournal
+from watcher.publish.local import Registry
 from watcher.model import Entity, Publish, TrackerRef
 
 
@@ -58,7 +61,7 @@ def test_transitions_and_history(journal):
     assert journal.rows(Status.FAILED)[0].last_error == "Shot sh010 not found"
     with pytest.raises(TransitionError):
         journal.published(row.id, "agent-a", "local", TrackerRef("1"))
-    assert journal.requeue(failed=True) == [row.id]
+    assert journal.requeue() == [row.id]
     journal.claim("agent-a", time.time() + 1, 60)
     journal.published(row.id, "agent-a", "local", TrackerRef("42", "http://t/42"))
     r = journal.rows()[0]
@@ -161,9 +164,11 @@ def test_keys_like_files_registry_and_counts(journal):
     assert journal.next_due() == min(r.next_attempt_at for r in journal.rows())
     assert [r.id for r in journal.rows(ids=[b.id])] == [b.id] and len(journal.rows(limit=2)) == 2
     assert journal.by_key("shows:render:a_%:v2").id == b.id and journal.by_key("nope") is None
-    i1, t1 = journal.registry_add("k", {"v": 1})
-    i2, t2 = journal.registry_add("k", {"v": 2})
-    assert (i1, t1) == (i2, t2) and journal.registry()[-1][3] == {"v": 2}
+    registry = Registry(journal.url if journal.url.startswith("sqlite") else journal.database._dsn)
+    i1, t1 = registry.add("k", {"v": 1})
+    i2, t2 = registry.add("k", {"v": 2})
+    assert (i1, t1) == (i2, t2) and registry.entries()[-1][3] == {"v": 2}
+    registry.close()
 
 
 def test_release_requeue_ids_and_replace_guard(journal):
@@ -173,8 +178,8 @@ def test_release_requeue_ids_and_replace_guard(journal):
     journal.release(c.id, "a")
     r = journal.rows(ids=[c.id])[0]
     assert r.status == Status.PENDING and r.uncertain and r.attempts == 0
-    c = journal.claim("a", time.time() + 1, 60, exclude_keys={"k1"})
-    assert c.key == "k2"
+    c = journal.claim("a", time.time() + 1, 60)
+    assert c.key == "k2"  # due since it was added, before k1 was released
     with pytest.raises(TransitionError):  # publishing rows cannot be replaced under their agent
         journal.replace(c.id, pub(key="k2"), [])
     journal.fail(c.id, "a", "refused")
@@ -190,31 +195,15 @@ def test_release_requeue_ids_and_replace_guard(journal):
 
 def test_pg_migrations_version_and_newer_schema_refused(pg_url, pg_server):
     j = PostgresJournal(pg_url)
-    assert j.schema_version() == pgj.SCHEMA_VERSION
+    assert j.schema_version() == SCHEMA_VERSION
     j.close()
     PostgresJournal(pg_url).close()  # reopening applies nothing twice
     with psycopg_connect(pg_url) as c:
         assert c.execute("SELECT version FROM watcher_schema ORDER BY version").fetchall() == \
-            [(v,) for v in range(1, pgj.SCHEMA_VERSION + 1)]
-        c.execute("INSERT INTO watcher_schema (version) VALUES (%s)", (pgj.SCHEMA_VERSION + 1,))
+            [(v,) for v in range(1, SCHEMA_VERSION + 1)]
+        c.execute("INSERT INTO watcher_schema (version) VALUES (%s)", (SCHEMA_VERSION + 1,))
     with pytest.raises(JournalError, match="newer than this watcher"):
         PostgresJournal(pg_url)
-
-
-def test_pg_schema_matches_sqlite_schema(pg_url, tmp_path):
-    """Someone adding a migration to one journal must add it to the other."""
-    PostgresJournal(pg_url).close()
-    s = SqliteJournal(f"sqlite:///{tmp_path}/j.db")
-    tables = ("publishes", "files", "events", "registry")
-    lite = {t: [r[1] for r in s._conn().execute(f"PRAGMA table_info({t})")] for t in tables}
-    s.close()
-    with psycopg_connect(pg_url) as c:
-        schema = c.execute("SELECT current_schema()").fetchone()[0]
-        assert pg_url.endswith(f"search_path%3D{schema}")  # each test really has its own schema
-        pg = {t: [r[0] for r in c.execute("SELECT column_name FROM information_schema.columns WHERE table_name=%s "
-                                          "AND table_schema=%s ORDER BY ordinal_position", (t, schema))]
-              for t in tables}
-    assert pg == lite
 
 
 def test_pg_concurrent_migrations_are_safe(pg_url):
@@ -236,7 +225,7 @@ def test_pg_concurrent_migrations_are_safe(pg_url):
         t.join()
     assert errors == []
     with psycopg_connect(pg_url) as c:
-        assert c.execute("SELECT count(*) FROM watcher_schema").fetchone()[0] == pgj.SCHEMA_VERSION
+        assert c.execute("SELECT count(*) FROM watcher_schema").fetchone()[0] == SCHEMA_VERSION
 
 
 def test_pg_concurrent_agents_never_double_claim(pg_url):
@@ -409,13 +398,13 @@ def test_pg_deadlock_is_rolled_back_and_retried(pg_url):
 
     def body(cur):
         calls.append(1)
-        cur.execute("INSERT INTO registry (key, created_at, payload) VALUES (%s, 0, '{}')", (f"k{len(calls)}",))
+        cur.execute("INSERT INTO registry (key, created_at, payload) VALUES (?, 0, '{}')", (f"k{len(calls)}",))
         if len(calls) == 1:
             cur.execute("DO $$ BEGIN RAISE EXCEPTION 'simulated' USING ERRCODE = '40P01'; END $$")
         return len(calls)
 
     assert j._tx(body) == 2
-    assert [k for _, k, _, _ in j.registry()] == ["k2"]  # the first attempt left nothing behind
+    assert [k for _, k, _, _ in Registry(pg_url).entries()] == ["k2"]  # the first attempt left nothing behind
     j.close()
 
 
@@ -433,7 +422,7 @@ def test_pg_two_agents_publish_each_row_once_through_the_pipeline(pg_url):
     agents = []
     for n in range(2):
         j = PostgresJournal(pg_url)
-        backend = LocalBackend(LocalSettings(), BackendContext(journal=j, config_dir=Path("."), roots={}))
+        backend = LocalBackend(LocalSettings(), BackendContext(config_dir=Path("."), roots={}, journal_url=pg_url))
         agents.append((j, Publishers(j, backend, f"host{n}:{n}:0", workers=2)))
     for _, p in agents:
         p.start()
@@ -445,7 +434,7 @@ def test_pg_two_agents_publish_each_row_once_through_the_pipeline(pg_url):
         j.close()
     assert seed.counts() == {"pending": 0, "publishing": 0, "published": 60, "failed": 0}
     assert sum(p.published for _, p in agents) == 60 and all(p.published for _, p in agents)
-    assert len(seed.registry()) == 60 and len({r.tracker_id for r in seed.rows()}) == 60
+    assert len(Registry(pg_url).entries()) == 60 and len({r.tracker_id for r in seed.rows()}) == 60
     seed.close()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -14,9 +15,12 @@ from tests.fake_kitsu import nuke_script, picture_sequence, render_sequence
 from tests.zou_server import (PROJECT, USER_EMAIL, USER_PASSWORD, LossyProxy, ZouServer,  # noqa: F401
                               zou, zou_server)
 from watcher.errors import PermanentError, RetryableError
+from watcher.journal.base import Status
+from watcher.journal.sqlite import SqliteJournal
 from watcher.model import Entity, Job
 from watcher.publish.base import BackendContext
 from watcher.publish.kitsu import KitsuBackend, KitsuSettings
+from watcher.publish.workers import Publishers
 
 pytestmark = [pytest.mark.kitsu, pytest.mark.timeout(600)]  # the first test may install Zou (~90 s)
 
@@ -31,7 +35,7 @@ def settings(zou: ZouServer, **over) -> KitsuSettings:
 
 
 def backend(zou: ZouServer, tmp_path: Path, **over) -> KitsuBackend:
-    return KitsuBackend(settings(zou, **over), BackendContext(journal=None, config_dir=tmp_path, roots={}))
+    return KitsuBackend(settings(zou, **over), BackendContext(config_dir=tmp_path, roots={}))
 
 
 def task_of(zou: ZouServer, entity_id: str, task_type: str) -> dict:
@@ -142,8 +146,8 @@ def test_uncertain_retry_finds_the_record(zou, tmp_path):
 def test_lost_create_answer_is_found_not_duplicated(zou, tmp_path):
     proxy = LossyProxy(zou.url).start()
     try:
-        proxy.lose("POST", r"/output-files/new$")
-        proxy.lose("POST", r"/actions/tasks/[^/]+/comment$")
+        proxy.drop_after_apply(method="POST", path=r"/output-files/new$")
+        proxy.drop_after_apply(method="POST", path=r"/actions/tasks/[^/]+/comment$")
         p = nuke_script(tmp_path, version=5)
         b = backend(zou, tmp_path, url=proxy.url)
         job = Job(id=1, publish=p)
@@ -162,25 +166,26 @@ def test_lost_create_answer_is_found_not_duplicated(zou, tmp_path):
 
 
 def test_concurrent_publishes_of_one_key_create_one_record(zou, tmp_path):
-    """Zou checks duplicates only in Python (two gunicorn workers here): our serialisation
-    per key is what keeps this at one record."""
-    p = render_sequence(tmp_path, shot="SH010", count=3, version=None)
+    """Zou checks duplicates only in Python (two gunicorn workers here): the workers'
+    serialisation per ``serialize_key`` is what keeps this at one record. Six journal rows
+    publish the same file (same revision and path, so each finds the one before it) through six
+    real workers."""
+    p = render_sequence(tmp_path, shot="SH010", count=3, version=7)
     b = backend(zou, tmp_path, comment=False)
-    refs, errors = [], []
-
-    def go(i: int) -> None:
-        try:
-            refs.append(b.publish(Job(id=i, publish=p)).id)
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-    threads = [threading.Thread(target=go, args=(i,)) for i in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
-    rows = zou.output_files(zou.seed["shots"]["SH010"])
-    assert len(rows) == 1 and set(refs) == {rows[0]["id"]}
+    journal = SqliteJournal(f"sqlite:///{tmp_path}/journal.db")
+    for i in range(6):
+        journal.add(dataclasses.replace(p, key=f"{p.key}#{i}"), [])
+    workers = Publishers(journal, b, "test", workers=6)
+    workers.start()
+    deadline = time.monotonic() + 60
+    while journal.counts()["published"] + journal.counts()["failed"] < 6 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    workers.stop(grace=5)
+    rows = journal.rows()
+    journal.close()
+    assert [r.status for r in rows] == [Status.PUBLISHED] * 6, [r.last_error for r in rows]
+    files = zou.output_files(zou.seed["shots"]["SH010"])
+    assert len(files) == 1 and {r.tracker_id for r in rows} == {files[0]["id"]}
 
 
 def test_serialize_key_groups_the_server_uniqueness_key(zou, tmp_path):

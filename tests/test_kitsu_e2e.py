@@ -97,7 +97,7 @@ def test_missing_shot_fails_then_retry_publishes_it(zou, tmp_path):
         zou.create_tasks(zou.seed["project"]["id"], zou.seed["task_types"]["Compositing"], "shots", [shot["id"]])
         j = SqliteJournal(s.journal_url())  # what `watcher retry --failed` does
         try:
-            assert j.requeue(failed=True) == [row.id]
+            assert j.requeue() == [row.id]
         finally:
             j.close()
         wait_for(lambda: by_status(s, Status.PUBLISHED), timeout=30)

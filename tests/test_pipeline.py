@@ -174,18 +174,11 @@ def test_burst_into_new_directories_loses_nothing_even_when_the_queue_overflows(
     s = settings(tmp_path)
     root = s.roots[0].path
     with running(s) as svc:
-        gate = threading.Event()
-        handle = svc._handle
-
-        def held(ev):  # the pipeline stalls (a slow disk, a busy core) while the burst lands
-            gate.wait(30)
-            handle(ev)
-
-        svc._handle = held
+        svc.pipeline.pause()  # the pipeline stalls (a slow disk, a busy core) while the burst lands
         for shot in range(10):
             write_frames(root / f"seq/sq01/sh{shot:03d}/comp/render/beauty/v001", "beauty", range(1, 201), size=64)
         wait_for(lambda: svc.roots["shows"].rescans >= 1, 10)
-        gate.set()
+        svc.pipeline.resume()
         wait_for(lambda: len(published(s)) == 10, timeout=60)
         assert svc.wait_idle(20)
     assert sorted(r.publish.frame_count for r in rows(s)) == [200] * 10
@@ -342,3 +335,28 @@ def test_kernel_queue_overflow_triggers_a_rescan_loses_nothing_and_does_not_loop
     finally:
         knob.write_text(old + "\n")
     assert sorted(r.publish.frame_count for r in rows(s)) == [150] * 6
+
+
+def test_stop_while_the_supervisor_is_mid_check_leaves_no_thread_behind(tmp_path):
+    """stop() used to stop the observers first; a supervisor check running at that moment saw
+    no observer and started a new one that nothing stopped. Every thread the service started
+    (observers and their emitters included) must be gone when stop() returns."""
+    s = settings(tmp_path)
+    before = set(threading.enumerate())
+    svc = __import__("watcher.service", fromlist=["Service"]).Service(s)
+    svc.start()
+    entered = threading.Event()
+    check = svc.supervisor._check_root
+
+    def slow_check(*args):  # the check is slow (a hung NFS stat) and stop() arrives meanwhile
+        entered.set()
+        time.sleep(0.5)
+        return check(*args)
+
+    svc.supervisor._check_root = slow_check
+    assert entered.wait(10)
+    svc.stop(grace=3)
+    assert svc.lingering == []
+    left = [t for t in set(threading.enumerate()) - before if t.is_alive()]
+    assert left == [], f"threads outlived stop(): {left}"
+    assert all(r.observer is None for r in svc.roots.values())

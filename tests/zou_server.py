@@ -3,7 +3,7 @@
 Zou pins ~50 dependencies with ``==``, so it lives in its own virtual environment, cached
 outside the checkout (``~/.cache/watcher-tests/zou-<version>``, or ``$WATCHER_TEST_CACHE``):
 the first run pays the ``pip install`` (~75-90 s), later runs reuse it. The server itself is
-throwaway: PostgreSQL (Debian's binaries, run as the ``postgres`` user when we are root) on a
+throwaway: PostgreSQL (started by the tests' one launcher, ``tests/pg_server.py``) on a
 private port and data directory, Redis on a private port, Zou under gunicorn, all bound to
 127.0.0.1, all under one temporary directory removed at the end.
 
@@ -39,7 +39,8 @@ from typing import Any, Iterator
 import pytest
 import requests
 
-from .pg_server import PgUnavailable, _as_postgres, _give_to_postgres, free_port, pg_bin
+from .fakes import FakeServer, Request
+from .pg_server import PgServer, PgUnavailable, free_port, pg_bin, start_postgres, stop_cluster
 
 ZOU_VERSION = os.environ.get("WATCHER_ZOU_VERSION", "1.0.97")
 CACHE_DIR = Path(os.environ.get("WATCHER_TEST_CACHE", "~/.cache/watcher-tests")).expanduser()
@@ -156,16 +157,6 @@ def redis_bin() -> str:
     return exe
 
 
-def _run(cmd: list[str], what: str, log: Path, timeout: float = 120) -> None:
-    with open(log, "a") as out:
-        try:
-            rc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, timeout=timeout).returncode
-        except subprocess.TimeoutExpired:
-            rc = f"timeout after {timeout:g} s"
-    if rc != 0:
-        raise ZouUnavailable(f"{what} failed (exit {rc}); log {log}:\n{_tail(log)}")
-
-
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -228,7 +219,7 @@ class ZouServer:
         self.timings: dict[str, float] = {}
         self._gunicorn: subprocess.Popen | None = None
         self._redis: subprocess.Popen | None = None
-        self._pg_ctl = ""
+        self._pg: PgServer | None = None
         self._admin = requests.Session()
         self._db = None  # psycopg connection to the 'postgres' maintenance database
         self._lock = threading.Lock()
@@ -237,15 +228,15 @@ class ZouServer:
     def start(self) -> "ZouServer":
         t0 = time.monotonic()
         reap_leftovers()
-        pgbin, redis = pg_bin(), redis_bin()
-        runpg = _as_postgres()
+        pg_bin()  # fail early, with the reason, when PostgreSQL is missing
+        redis = redis_bin()
         self.venv = ensure_venv()
         self.timings["venv"] = time.monotonic() - t0
         self.run = Path(tempfile.mkdtemp(prefix=RUN_PREFIX))
         os.chmod(self.run, 0o755)
         (self.run / "owner.pid").write_text(str(os.getpid()))
         try:
-            self._start_postgres(pgbin, runpg)
+            self._start_postgres()
             self._start_redis(redis)
             self._init_zou()
             self.start_api()
@@ -257,28 +248,17 @@ class ZouServer:
         self.timings["total"] = time.monotonic() - t0
         return self
 
-    def _start_postgres(self, pgbin: Path, runpg: list[str]) -> None:
+    def _start_postgres(self) -> None:
+        """The shared launcher of tests/pg_server.py, under our run directory, trust auth."""
         t = time.monotonic()
         assert self.run
-        pg, sock = self.run / "pg", self.run / "sock"
-        log = pg / "postgres.log"
-        pg.mkdir()
-        sock.mkdir()
-        for p in (pg, sock):
-            _give_to_postgres(p)
-        self.pg_port = free_port()
-        _run([*runpg, str(pgbin / "initdb"), "-D", str(pg / "data"), "-U", "postgres", "--auth=trust",
-              "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"], "initdb", self.run / "initdb.log")
-        opts = (f"-p {self.pg_port} -c listen_addresses=127.0.0.1 -k {sock} -c fsync=off "
-                "-c synchronous_commit=off -c full_page_writes=off -c max_connections=100")
-        self._pg_ctl = " ".join([*runpg, str(pgbin / "pg_ctl"), "-D", str(pg / "data")])
-        (self.run / "pg_ctl.cmd").write_text(self._pg_ctl)
-        _run([*runpg, str(pgbin / "pg_ctl"), "-D", str(pg / "data"), "-l", str(log), "-w", "-t", "60",
-              "-o", opts, "start"], "starting PostgreSQL", self.run / "pg_ctl.log")
-        import psycopg
-        self._db = psycopg.connect(host="127.0.0.1", port=self.pg_port, user="postgres", dbname="postgres",
-                                   autocommit=True)
-        self._db.execute("CREATE DATABASE zoudb")
+        try:
+            self._pg = start_postgres(base=self.run / "pg", password=False, max_connections=100)
+        except PgUnavailable as exc:
+            raise ZouUnavailable(str(exc)) from None
+        self.pg_port = self._pg.port
+        self._db = self._pg.admin()
+        self._pg.create_db("zoudb")
         self.timings["postgres"] = time.monotonic() - t
 
     def _start_redis(self, redis: str) -> None:
@@ -397,10 +377,11 @@ class ZouServer:
             except subprocess.TimeoutExpired:
                 self._redis.kill()
             self._redis = None
-        if self._db is not None:
+        self._db = None
+        if self._pg is not None:
             with contextlib.suppress(Exception):
-                self._db.close()
-            self._db = None
+                self._pg.stop()
+            self._pg = None
         self._admin.close()
         if self.run is not None:
             self._stop_dir(self.run)
@@ -410,10 +391,8 @@ class ZouServer:
     def _stop_dir(run: Path) -> None:
         _kill_pidfile(run / "gunicorn.pid", "gunicorn")
         _kill_pidfile(run / "redis" / "redis.pid", "redis-server")
-        cmd = run / "pg_ctl.cmd"
-        if cmd.exists() and (run / "pg" / "data" / "postmaster.pid").exists():
-            subprocess.run([*cmd.read_text().split(), "-m", "fast", "-w", "stop"],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+        with contextlib.suppress(PgUnavailable, OSError, subprocess.SubprocessError):
+            stop_cluster(run / "pg")
         shutil.rmtree(run, ignore_errors=True)
 
     # ---- data -------------------------------------------------------------------------------
@@ -577,74 +556,26 @@ if __name__ == "__main__":  # manual use: python -m tests.zou_server  (starts, p
 # A forwarding proxy that can lose answers: the request reaches the real Zou, the client never
 # hears back (what a dropped connection after the send looks like to the backend).
 
-class LossyProxy:
-    """``http://127.0.0.1:<port>`` forwarding everything to ``target``; ``lose(method, regex,
-    times)`` makes the next matching requests land on the server but closes the client's
-    connection instead of answering. ``seen`` lists (method, path, status or 'lost')."""
+class LossyProxy(FakeServer):
+    """``http://127.0.0.1:<port>`` forwarding everything to ``target``. It takes the faults of
+    ``tests/fakes.py``: ``drop_after_apply(method=, path=)`` makes the next matching requests land
+    on the server but closes the client's connection instead of answering; ``lost()`` counts them."""
+
+    name = "lossy-proxy"
 
     def __init__(self, target: str) -> None:
-        import http.server
-        import re
-
+        super().__init__()
         self.target = target.rstrip("/")
-        self.rules: list[list[Any]] = []
-        self.seen: list[tuple[str, str, Any]] = []
-        self._lock = threading.Lock()
-        proxy = self
-        upstream = requests.Session()
+        self._upstream = requests.Session()
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True  # no 40 ms delayed-ACK stall per answer
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def _forward(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else None
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
-                lose = False
-                with proxy._lock:
-                    for rule in proxy.rules:
-                        if rule[0] == self.command and re.search(rule[1], self.path) and rule[2] > 0:
-                            rule[2] -= 1
-                            lose = True
-                            break
-                r = upstream.request(self.command, proxy.target + self.path, data=body, headers=headers,
-                                     timeout=60, allow_redirects=False)
-                with proxy._lock:
-                    proxy.seen.append((self.command, self.path.split("?")[0], "lost" if lose else r.status_code))
-                if lose:
-                    self.close_connection = True
-                    self.connection.shutdown(socket.SHUT_RDWR)
-                    return
-                self.send_response(r.status_code)
-                for k, v in r.headers.items():
-                    if k.lower() not in ("content-length", "transfer-encoding", "connection", "content-encoding"):
-                        self.send_header(k, v)
-                self.send_header("Content-Length", str(len(r.content)))
-                self.end_headers()
-                self.wfile.write(r.content)
-
-            do_GET = do_POST = do_PUT = do_DELETE = _forward
-
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-
-    def lose(self, method: str, path_regex: str, times: int = 1) -> None:
-        with self._lock:
-            self.rules.append([method, path_regex, times])
-
-    def lost(self) -> int:
-        return sum(1 for s in self.seen if s[2] == "lost")
-
-    def start(self) -> "LossyProxy":
-        self._thread.start()
-        return self
+    def respond(self, request: Request) -> tuple[int, Any, dict[str, str]]:
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
+        r = self._upstream.request(request.method, self.target + request.target, data=request.raw or None,
+                                   headers=headers, timeout=60, allow_redirects=False)
+        kept = {k: v for k, v in r.headers.items()
+                if k.lower() not in ("content-length", "transfer-encoding", "connection", "content-encoding")}
+        return r.status_code, r.content, kept
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        super().stop()
+        self._upstream.close()

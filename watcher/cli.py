@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from . import logs
-from .config import STARTER, Settings, load_settings
+from .config import STARTER, Settings, load_settings, shipped_template
 from .errors import ConfigError, WatcherError
 
 log = logging.getLogger("watcher")
@@ -95,7 +95,7 @@ def _settings(args: argparse.Namespace, *, check_paths: bool = True) -> Settings
 
 
 def _journal(settings: Settings):
-    from .journal.base import open_journal
+    from .journal import open_journal
 
     return open_journal(settings.journal_url())
 
@@ -124,14 +124,6 @@ def _rel(p: Path, base: Path) -> str:
         return str(p.resolve().relative_to(base.resolve()))
     except ValueError:
         return str(p.resolve())
-
-
-def shipped_template(name: str) -> Path:
-    here = Path(__file__).resolve().parent
-    for cand in (here / "templates" / name, here.parent / "templates" / name):
-        if cand.is_file():
-            return cand
-    raise ConfigError(f"shipped template {name} not found next to the package; reinstall watcher with `pip install -e .`")
 
 
 def _install_signals(stop: threading.Event) -> None:
@@ -186,32 +178,15 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
 def _dry_run(settings: Settings, as_json: bool) -> int:
     """Walk, match and group without journaling or publishing."""
-    from .group import Candidate, FileState, build_publish, candidate_key
-    from .journal.base import open_journal
-    from .scan import ScanStats, walk
-    from .service import load_roots
+    from .journal import open_journal
+    from .pipeline import dry_run
+    from .roots import load_roots
 
     journal = open_journal(settings.journal_url())
-    out: dict[str, Candidate] = {}
-    stats = ScanStats()
-    for r in load_roots(settings):
-        for kind, path in walk(r.path, r.ignorer, journal.known_files, stats):
-            if kind != "file":
-                continue
-            rel = path[len(r.path) + 1:]
-            st = r.admit(rel, path)  # the same admission as the pipeline: no symlinks out of the root
-            if st is None:
-                continue
-            m = r.templates.match(rel)
-            if not m or m.publish is None:
-                continue
-            key = candidate_key(r.name, m)
-            if journal.by_key(key) is not None:
-                continue
-            cand = out.setdefault(key, Candidate(key, r.scope, m))
-            cand.files[path] = FileState(path, m.frame if cand.is_sequence else None, st.st_size, st.st_mtime_ns)
-    journal.close()
-    pubs = [build_publish(c) for c in out.values()]
+    try:
+        pubs, stats = dry_run(load_roots(settings), journal)
+    finally:
+        journal.close()
     if as_json:
         print(json.dumps([_dry(p) for p in pubs], indent=2, ensure_ascii=False, default=str))
     else:
@@ -230,8 +205,7 @@ def _dry(p: Any) -> dict[str, Any]:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from .ignore import inside
-    from .service import load_roots
+    from .roots import Refusal, load_roots
 
     settings = _settings(args, check_paths=False)
     roots = load_roots(settings)
@@ -240,23 +214,26 @@ def cmd_explain(args: argparse.Namespace) -> int:
         path = os.path.abspath(raw)
         res: dict[str, Any] = {"path": path}
         for r in roots:
-            if path.startswith(r.path + "/"):
-                rel = path[len(r.path) + 1:]
-                res["root"] = r.name
-                res["relative_path"] = rel
-                if r.ignorer.ignored(rel):
-                    res.update(matched=False, reason="ignored: a hidden, temporary or partial name, or a root "
-                                                     "`ignore` glob")
-                elif os.path.lexists(path) and not inside(r.real, path):
-                    res.update(matched=False, reason=f"resolves to {os.path.realpath(path)}, outside the root: "
-                                                     "never published")
-                else:
-                    res.update(r.templates.explain(rel))
-                    if r.scope.project and res.get("publish"):
-                        res["publish"]["project"] = r.scope.project
-                    if r.scope.entity and res.get("publish"):
-                        res["publish"]["entity"] = {"type": r.scope.entity.type, "name": r.scope.entity.name}
-                break
+            rel = r.relative(path)
+            if rel is None:
+                continue
+            res["root"] = r.name
+            res["relative_path"] = rel
+            # the pipeline's own admission; a path not on disk yet is explained as if it were a file
+            verdict = r.admit(rel, path) if os.path.lexists(path) or r.ignorer.ignored(rel) else None
+            if isinstance(verdict, Refusal):
+                reason = verdict.value
+                if verdict is Refusal.ESCAPES:
+                    reason = f"resolves to {os.path.realpath(path)}, outside the root: never published"
+                res.update(matched=False, reason=reason)
+            else:
+                res.update(r.templates.explain(rel))
+                pub = res.get("publish")
+                if pub and r.scope.project:
+                    pub["project"] = r.scope.project
+                if pub and r.scope.entity:
+                    pub["entity"] = {"type": r.scope.entity.type, "name": r.scope.entity.name}
+            break
         else:
             res.update(matched=False, root=None,
                        reason="not under any configured root (" + ", ".join(f"{r.name}: {r.path}" for r in roots) + ")")
@@ -344,8 +321,9 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .journal.base import open_journal
-    from .service import load_roots, make_backend
+    from .journal import open_journal
+    from .roots import load_roots
+    from .service import make_backend
 
     settings = _settings(args)
     ok = True
@@ -356,7 +334,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(f"warn root {r.name}: {w}")
     j = open_journal(settings.journal_url())
     print(f"ok   journal {j.url}")
-    backend = make_backend(settings, j, {r.name: Path(r.path) for r in roots})
+    backend = make_backend(settings, {r.name: Path(r.path) for r in roots}, [r.templates for r in roots])
     try:
         for res in backend.check():
             ok &= res.ok

@@ -185,6 +185,14 @@ def _resolve(base: Path, p: Path) -> Path:
     return (p if p.is_absolute() else base / p).resolve()
 
 
+def shipped_template(name: str) -> Path:
+    here = Path(__file__).resolve().parent
+    for cand in (here / "templates" / name, here.parent / "templates" / name):
+        if cand.is_file():
+            return cand
+    raise ConfigError(f"shipped template {name} not found next to the package; reinstall watcher with `pip install -e .`")
+
+
 STARTER = """\
 # watcher configuration. Every key not set here has a default; see README "Configuration".
 # Environment variables override this file: WATCHER_SETTLE_SECONDS=10,

@@ -18,7 +18,7 @@ SAMPLES = {
 
 def make_demo(base: Path) -> Path:
     """Create (or reuse) the demo folder and return its config path."""
-    from .cli import shipped_template
+    from .config import shipped_template
 
     base = base.resolve()
     shows = base / "shows"

@@ -67,6 +67,14 @@ class Publish:
         """The path of one frame of a sequence (the pattern filled in)."""
         return self.path % frame if self.frames is not None else self.path
 
+    def middle_frame_path(self) -> str | None:
+        """The file that stands for the publish in a thumbnail or preview: the middle frame
+        present on disk of a sequence (None when none is), the file itself otherwise."""
+        if self.frames is None:
+            return self.path
+        frames = self.frame_numbers()
+        return self.frame_path(frames[len(frames) // 2]) if frames else None
+
     def file_paths(self) -> list[str]:
         """Every file on disk this publish covers."""
         if self.frames is None:

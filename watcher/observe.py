@@ -17,12 +17,13 @@ import os
 import queue
 import threading
 import warnings
-from dataclasses import dataclass
 from typing import Callable
 
 from watchdog.events import (DirCreatedEvent, DirDeletedEvent, DirMovedEvent, FileClosedEvent, FileCreatedEvent,
                              FileDeletedEvent, FileMovedEvent, FileSystemEvent, FileSystemEventHandler)
 from watchdog.observers.api import BaseObserver
+
+from .events import DirListed, Event, FsEvent, Kind
 
 log = logging.getLogger(__name__)
 
@@ -34,18 +35,9 @@ EVENT_FILTER = [FileCreatedEvent, DirCreatedEvent, FileClosedEvent, FileMovedEve
                 FileDeletedEvent, DirDeletedEvent]
 
 
-@dataclass(frozen=True, slots=True)
-class FsEvent:
-    """kind: created | closed | moved | deleted | seen (found by a scan or poll) | dir_done
-    (a scan finished listing that directory) | scan_done (a whole-root scan ended; ``path``
-    holds the loss count it began at) | dir_created | dir_moved | dir_deleted.
-    ``dest`` is the new path of a move."""
-
-    root: str
-    kind: str
-    path: str
-    dest: str | None = None
-    synthetic: bool = False
+_KINDS: dict[type, Kind] = {FileClosedEvent: Kind.CLOSED, FileMovedEvent: Kind.MOVED, FileDeletedEvent: Kind.DELETED,
+                            DirCreatedEvent: Kind.DIR_CREATED, DirMovedEvent: Kind.DIR_MOVED,
+                            DirDeletedEvent: Kind.DIR_DELETED}
 
 
 def _s(p: str | bytes) -> str:
@@ -56,7 +48,7 @@ class Translator(FileSystemEventHandler):
     """watchdog handler for one root: copy each event into an ``FsEvent`` inside a ``try``.
     A full queue never blocks the observer: it asks for a rescan of the root instead."""
 
-    def __init__(self, root: str, out: "queue.Queue[FsEvent]", on_overflow: Callable[[str, str], None]) -> None:
+    def __init__(self, root: str, out: "queue.Queue[Event]", on_overflow: Callable[[str, str], None]) -> None:
         self.root = root
         self.out = out
         self.on_overflow = on_overflow
@@ -75,21 +67,13 @@ class Translator(FileSystemEventHandler):
     def translate(self, e: FileSystemEvent) -> FsEvent | None:
         t = type(e)
         path = _s(e.src_path)
-        if t is FileClosedEvent:
-            return FsEvent(self.root, "closed", path)
         if t is FileCreatedEvent:
-            return FsEvent(self.root, "created", path, synthetic=bool(getattr(e, "is_synthetic", False)))
-        if t is FileMovedEvent:
-            return FsEvent(self.root, "moved", path, _s(e.dest_path))
-        if t is FileDeletedEvent:
-            return FsEvent(self.root, "deleted", path)
-        if t is DirCreatedEvent:
-            return FsEvent(self.root, "dir_created", path)
-        if t is DirMovedEvent:
-            return FsEvent(self.root, "dir_moved", path, _s(e.dest_path))
-        if t is DirDeletedEvent:
-            return FsEvent(self.root, "dir_deleted", path)
-        return None
+            return FsEvent(self.root, Kind.CREATED, path, synthetic=bool(getattr(e, "is_synthetic", False)))
+        kind = _KINDS.get(t)
+        if kind is None:
+            return None
+        moved = kind in (Kind.MOVED, Kind.DIR_MOVED)
+        return FsEvent(self.root, kind, path, _s(e.dest_path) if moved else None)
 
 
 def native_observer(root: str, path: str, handler: Translator, on_overflow: Callable[[str, str], None]) -> BaseObserver:
@@ -146,7 +130,7 @@ class DirPoller(threading.Thread):
     directory and lists only the ones whose mtime moved. New files come out as ``seen`` (the
     settle stage stats them until they are quiet); vanished ones as ``deleted``."""
 
-    def __init__(self, root: str, path: str, interval: float, out: "queue.Queue[FsEvent]",
+    def __init__(self, root: str, path: str, interval: float, out: "queue.Queue[Event]",
                  ignored_dir: Callable[[str], bool]) -> None:
         super().__init__(name=f"poll-{root}", daemon=True)
         self.root, self.path, self.interval, self.out = root, path.rstrip("/"), interval, out
@@ -222,11 +206,11 @@ class DirPoller(threading.Thread):
         old_files, old_dirs = (old[1], old[2]) if old else (frozenset(), frozenset())
         new_files = snap[1] - old_files
         for name in new_files:
-            self.out.put(FsEvent(self.root, "seen", os.path.join(d, name)))
+            self.out.put(FsEvent(self.root, Kind.SEEN, os.path.join(d, name)))
         if new_files:
-            self.out.put(FsEvent(self.root, "dir_done", d))
+            self.out.put(DirListed(self.root, d))
         for name in old_files - snap[1]:
-            self.out.put(FsEvent(self.root, "deleted", os.path.join(d, name)))
+            self.out.put(FsEvent(self.root, Kind.DELETED, os.path.join(d, name)))
         for name in snap[2] - old_dirs:
             if not self._skip(d, name):
                 self._relist(os.path.join(d, name), None)
@@ -238,4 +222,4 @@ class DirPoller(threading.Thread):
         for k in [k for k in self._dirs if k == d or k.startswith(prefix)]:
             del self._dirs[k]
         if d != self.path:
-            self.out.put(FsEvent(self.root, "dir_deleted", d))
+            self.out.put(FsEvent(self.root, Kind.DIR_DELETED, d))

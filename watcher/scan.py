@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
+from .events import DirListed, Event, FsEvent, Kind, ScanDone
 from .ignore import Ignorer
 
 log = logging.getLogger(__name__)
@@ -24,12 +25,12 @@ class ScanStats:
     errors: int = 0
 
 
-def walk(root: str, ignorer: Ignorer, known: Callable[[str], dict[str, tuple[int, int, int]]],
+def walk(name: str, root: str, ignorer: Ignorer, known: Callable[[str], dict[str, tuple[int, int, int]]],
          stats: ScanStats, *, start: str | None = None, verify: bool = False,
-         stopped: Callable[[], bool] = lambda: False) -> Iterator[tuple[str, str]]:
-    """Yield ``("file", path)`` for files below ``start`` (default: the root) that the journal
-    does not know, and ``("dir_done", dir)`` once a directory that yielded files is fully
-    listed (the settle stage must not publish half a sequence while its frames still stream
+         stopped: Callable[[], bool] = lambda: False) -> Iterator[FsEvent | DirListed]:
+    """Yield a ``SEEN`` event for each file below ``start`` (default: the root ``name`` at
+    ``root``) that the journal does not know, and ``DirListed`` once a directory that yielded
+    files is fully listed (the settle stage must not publish half a sequence while its frames still stream
     in). Unreadable directories are reported and skipped; the rest goes on. Symlinked
     directories are never followed (their targets may be outside the root).
 
@@ -73,12 +74,12 @@ def walk(root: str, ignorer: Ignorer, known: Callable[[str], dict[str, tuple[int
                             continue
                         stats.changed += 1
                     found = True
-                    yield "file", entry.path
+                    yield FsEvent(name, Kind.SEEN, entry.path)
         except OSError as exc:  # the listing broke off (a stale NFS handle...): report, go on
             stats.errors += 1
             log.warning("scan: listing %s broke off: %s (the rest is found by the next rescan)", d, exc.strerror or exc)
         if found:
-            yield "dir_done", d
+            yield DirListed(name, d)
 
 
 def _changed(entry: os.DirEntry, known: tuple[int, int, int]) -> bool:
@@ -96,12 +97,10 @@ class Scanner(threading.Thread):
     scans of that root redundant. Paths go to the pipeline queue with a blocking put, so a huge
     tree never floods memory."""
 
-    def __init__(self, out: "queue.Queue", known: Callable[[str], dict[str, tuple[int, int, int]]],
-                 make_event: Callable[[str, str, str], object]) -> None:
+    def __init__(self, out: "queue.Queue[Event]", known: Callable[[str], dict[str, tuple[int, int, int]]]) -> None:
         super().__init__(name="scanner", daemon=True)
         self.out = out
         self.known = known
-        self.make_event = make_event
         self._roots: dict[str, tuple[str, Ignorer]] = {}
         self._pending: dict[str, set[str] | None] = {}  # root -> dirs to scan, None = whole root
         self._cv = threading.Condition()
@@ -174,7 +173,7 @@ class Scanner(threading.Thread):
                 if self._scan(root, dirs, verify) and dirs is None and losses is not None:
                     # Behind every path this scan queued: the pipeline calls synced() when it
                     # gets here, so the root counts as in sync only once all of them are handled.
-                    self._put(self.make_event(root, "scan_done", str(losses)))
+                    self._put(ScanDone(root, losses))
             except Exception:
                 log.exception("scan %s: failed; it will be retried at the next rescan", root)
             finally:
@@ -188,7 +187,7 @@ class Scanner(threading.Thread):
             if self._losses.get(root) == losses:
                 del self._losses[root]
 
-    def _put(self, ev: object) -> bool:
+    def _put(self, ev: Event) -> bool:
         while True:
             try:
                 self.out.put(ev, timeout=0.5)
@@ -204,9 +203,9 @@ class Scanner(threading.Thread):
         t0 = time.monotonic()
         last_report = t0
         for start in starts:
-            for kind, p in walk(path, ignorer, self.known, stats, start=start, verify=verify,
-                                stopped=lambda: self._halt):
-                if not self._put(self.make_event(root, kind, p)):
+            for ev in walk(root, path, ignorer, self.known, stats, start=start, verify=verify,
+                           stopped=lambda: self._halt):
+                if not self._put(ev):
                     return False
                 now = time.monotonic()
                 if now - last_report > 10:

@@ -11,12 +11,13 @@ from .errors import ConfigError
 
 
 def read_secret(value: SecretStr | None, file: Path | None, what: str, *, required: bool = True) -> str | None:
-    """The secret's text from ``value`` or else ``file`` (stripped of surrounding whitespace).
+    """The secret's text from ``value`` or else ``file``, stripped of surrounding whitespace
+    either way (``export X=$(cat key)`` or an editor's newline must not reach an HTTP header).
 
     ``what`` names the setting in the error (``tracker.api_key``); the secret itself never
     appears in a message."""
-    if value is not None and value.get_secret_value():
-        return value.get_secret_value()
+    if value is not None and value.get_secret_value().strip():
+        return value.get_secret_value().strip()
     if file is not None:
         try:
             text = Path(file).expanduser().read_text(encoding="utf-8").strip()

@@ -15,25 +15,22 @@ import os
 import stat as stat_mod
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
-from .group import Candidate, FileState
+from .candidate import Candidate, FileState, RootScope, Windows
+from .events import Kind
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Windows:
-    settle: float  # file quiet window, seconds
-    sequence: float  # sequence quiet window, seconds
-    open_timeout: float  # a file created but never closed counts as closed after this quiet time
-
-
 class Settler:
+    """Owns every candidate that has not settled yet: ``offer`` creates or joins one, ``update``
+    records news of a file it holds, ``due`` hands over the complete ones. Nobody else reads or
+    writes its state."""
+
     def __init__(self, *, monotonic: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
                  stat: Callable[[str], os.stat_result] = os.stat) -> None:
-        self.candidates: dict[str, Candidate] = {}
-        self.windows: dict[str, Windows] = {}  # per candidate key
+        self._cands: dict[str, Candidate] = {}
         self._by_path: dict[str, str] = {}
         self._heap: list[tuple[float, int, str]] = []
         self._seq = itertools.count()
@@ -42,28 +39,48 @@ class Settler:
         self._stat = stat
 
     def __len__(self) -> int:
-        return len(self.candidates)
+        return len(self._cands)
 
     @property
     def pending_files(self) -> int:
         return len(self._by_path)
 
-    def candidate_of(self, path: str) -> Candidate | None:
-        key = self._by_path.get(path)
-        return self.candidates.get(key) if key else None
+    def knows(self, path: str) -> bool:
+        return path in self._by_path
+
+    def drain(self) -> list[Candidate]:
+        """Hand over every candidate as it is, settled or not (``scan --dry-run``)."""
+        out = list(self._cands.values())
+        self._cands.clear()
+        self._by_path.clear()
+        self._heap.clear()
+        return out
 
     # -- input -------------------------------------------------------------------------------
-    def touch(self, cand: Candidate, windows: Windows, path: str, frame: int | None, kind: str, *,
+    def offer(self, key: str, scope: RootScope, match: Any, windows: Windows, path: str, kind: Kind, *,
               synthetic: bool = False, st: os.stat_result | None = None) -> None:
-        """Record what happened to one file of ``cand`` (new or known).
+        """A file matched ``match``: it joins the candidate of ``key`` (made on first sight)."""
+        cand = self._cands.get(key)
+        if cand is None:
+            cand = self._cands[key] = Candidate(key, scope, match, windows)
+        frame = match.frame if cand.is_sequence else None
+        self._touch(cand, path, frame, kind, synthetic=synthetic, st=st)
 
-        kind: ``created`` (a real or synthetic create), ``closed`` (close-write), ``moved``
-        (renamed into place: complete), ``seen`` (found by a scan: its mtime tells its age)."""
+    def update(self, path: str, kind: Kind, *, synthetic: bool = False, st: os.stat_result | None = None) -> bool:
+        """News of a file a candidate already holds; False when no candidate holds it."""
+        key = self._by_path.get(path)
+        cand = self._cands.get(key) if key else None
+        if cand is None:
+            return False
+        self._touch(cand, path, cand.files[path].frame, kind, synthetic=synthetic, st=st)
+        return True
+
+    def _touch(self, known: Candidate, path: str, frame: int | None, kind: Kind, *,
+               synthetic: bool = False, st: os.stat_result | None = None) -> None:
+        """Record what happened to one file of a candidate: ``CREATED`` (real or synthetic),
+        ``CLOSED`` (close-write), ``MOVED`` (renamed into place: complete), ``SEEN`` (found by
+        a scan: its mtime tells its age)."""
         now = self._mono()
-        known = self.candidates.get(cand.key)
-        if known is None:
-            self.candidates[cand.key] = known = cand
-            self.windows[cand.key] = windows
         f = known.files.get(path)
         if f is None:
             f = known.files[path] = FileState(path, frame)
@@ -80,7 +97,7 @@ class Settler:
         if not stat_mod.S_ISREG(st.st_mode):
             self.remove(path)
             return
-        if kind == "seen":
+        if kind is Kind.SEEN:
             # No event evidence: the file is as old as its last modification (or inode change).
             age = max(0.0, self._wall() - max(st.st_mtime, st.st_ctime))
             changed_at = now - age
@@ -91,17 +108,17 @@ class Settler:
             f.open = False
         else:
             same = (st.st_size, st.st_mtime_ns) == (f.size, f.mtime_ns)
-            if kind == "created" and not is_new and same:
+            if kind is Kind.CREATED and not is_new and same:
                 return  # a duplicate create (watchdog's walk of a new directory): nothing changed
             f.changed_at = now
-            if kind == "created" and not synthetic:
+            if kind is Kind.CREATED and not synthetic:
                 f.open = True
-            elif kind in ("closed", "moved"):
+            elif kind in (Kind.CLOSED, Kind.MOVED):
                 f.open = False
         f.size, f.mtime_ns, f.checked_at = st.st_size, st.st_mtime_ns, now
         if is_new:
             known.last_arrival = max(known.last_arrival, f.changed_at)
-        self._nudge(known, windows, f)
+        self._nudge(known, f)
 
     def remove(self, path: str) -> Candidate | None:
         """A file was deleted (or became unreadable): it leaves its candidate; an emptied
@@ -109,13 +126,12 @@ class Settler:
         key = self._by_path.pop(path, None)
         if key is None:
             return None
-        cand = self.candidates.get(key)
+        cand = self._cands.get(key)
         if cand is None:
             return None
         cand.files.pop(path, None)
         if not cand.files:
-            self.candidates.pop(key, None)
-            self.windows.pop(key, None)
+            self._cands.pop(key, None)
             return cand
         # No reschedule (O(n)): losing a file can only bring the deadline forward, and due()
         # recomputes it when the scheduled entry pops.
@@ -130,16 +146,17 @@ class Settler:
 
     # -- time --------------------------------------------------------------------------------
     def _deadline(self, cand: Candidate) -> float:
-        w = self.windows[cand.key]
+        w = cand.windows
         latest = max((f.changed_at + (w.open_timeout if f.open else w.settle)) for f in cand.files.values())
         if cand.is_sequence:
             latest = max(latest, cand.last_arrival + w.sequence)
         return latest
 
-    def _nudge(self, cand: Candidate, w: Windows, f: FileState) -> None:
+    def _nudge(self, cand: Candidate, f: FileState) -> None:
         """O(1) per touch: the exact deadline is a max over every file (O(n), so O(n^2) per
         sequence). A touch can only lower it by closing an open file, so push a lower bound
         when it is earlier than the scheduled entry; due() recomputes the exact one on pop."""
+        w = cand.windows
         lb = f.changed_at + (w.open_timeout if f.open else w.settle)
         if cand.is_sequence:
             lb = max(lb, cand.last_arrival + w.sequence)
@@ -151,17 +168,16 @@ class Settler:
         cand.deadline = max(self._deadline(cand), not_before)
         heapq.heappush(self._heap, (cand.deadline, next(self._seq), cand.key))
 
-    def hold(self, cand: Candidate, windows: Windows, delay: float) -> None:
+    def hold(self, cand: Candidate, delay: float) -> None:
         """Put a candidate that ``due()`` returned back, to be tried again after ``delay``
         seconds: files that arrive meanwhile join it instead of starting a second candidate."""
-        known = self.candidates.get(cand.key)
+        known = self._cands.get(cand.key)
         if known is not None and known is not cand:  # merge with one started since (never split)
             for p, f in cand.files.items():
                 known.files.setdefault(p, f)
             known.last_arrival = max(known.last_arrival, cand.last_arrival)
             cand = known
-        self.candidates[cand.key] = cand
-        self.windows[cand.key] = windows
+        self._cands[cand.key] = cand
         for p in cand.files:
             self._by_path[p] = cand.key
         self._schedule(cand, self._mono() + delay)
@@ -169,7 +185,7 @@ class Settler:
     def next_deadline(self) -> float | None:
         while self._heap:
             deadline, _, key = self._heap[0]
-            cand = self.candidates.get(key)
+            cand = self._cands.get(key)
             if cand is None or cand.deadline != deadline:
                 heapq.heappop(self._heap)  # stale entry
                 continue
@@ -183,24 +199,23 @@ class Settler:
         ready: list[Candidate] = []
         while self._heap and self._heap[0][0] <= now:
             deadline, _, key = heapq.heappop(self._heap)
-            cand = self.candidates.get(key)
+            cand = self._cands.get(key)
             if cand is None or cand.deadline != deadline:
                 continue
             if self._deadline(cand) > now:  # popped at a lower bound: not yet
                 self._schedule(cand)
                 continue
             if self._verify(cand, now):
-                self.candidates.pop(key, None)
-                self.windows.pop(key, None)
+                self._cands.pop(key, None)
                 for p in cand.files:
                     self._by_path.pop(p, None)
                 ready.append(cand)
-            elif cand.key in self.candidates:
+            elif cand.key in self._cands:
                 self._schedule(cand)
         return ready
 
     def _verify(self, cand: Candidate, now: float) -> bool:
-        w = self.windows[cand.key]
+        w = cand.windows
         changed = False
         for f in list(cand.files.values()):
             if f.checked_at >= f.changed_at + w.settle and not f.open:
@@ -218,6 +233,6 @@ class Settler:
             elif f.open and now >= f.changed_at + w.open_timeout:
                 log.debug("%s: no close event after %.0f s quiet; treating it as closed", f.path, w.open_timeout)
                 f.open = False
-        if cand.key not in self.candidates:
+        if cand.key not in self._cands:
             return False  # every file vanished
         return not changed and self._deadline(cand) <= now

@@ -1,24 +1,13 @@
-"""The journal: a durable ledger of every candidate publish, written before anything is sent.
-
-States form a guarded state machine; every transition updates ``WHERE status IN (...)`` and
-raises when no row moved, so two workers (or two agents) can never both own a publish::
-
-    pending ──claim──► publishing ──► published
-       ▲                   │
-       └── retry later ────┤ (RetryableError, attempts < max)
-                           └──► failed (parked: PermanentError or attempts exhausted)
-                                   └── `watcher retry` ──► pending
-
-The idempotency key (root, template, fields without frame, version) is unique over all states,
-so a candidate seen again (rescan, restart, duplicate event) never becomes a second publish."""
+"""The journal's records: what a row holds and what the CLI shows of it. The state machine
+itself is in ``ledger.py``; connections per database in ``sqlite.py`` / ``postgres.py``."""
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Iterable
+from typing import Any
 
-from ..model import Publish, TrackerRef
+from ..errors import JournalError
+from ..model import Publish
 
 
 class Status(str, Enum):
@@ -94,105 +83,5 @@ def _iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-class TransitionError(Exception):
+class TransitionError(JournalError):
     """A guarded update matched no row: someone else moved the publish first."""
-
-
-class Journal(ABC):
-    """One implementation per database; the pipeline and the CLI see only this."""
-
-    url: str
-
-    @abstractmethod
-    def add(self, publish: Publish, files: Iterable[FileRecord]) -> tuple[Row, bool]:
-        """Record a candidate as ``pending`` (or return the row that already holds its key).
-        Returns (row, created)."""
-
-    @abstractmethod
-    def replace(self, row_id: int, publish: Publish, files: Iterable[FileRecord], *, revision: int | None = None) -> Row:
-        """Put a published/failed row back to ``pending`` with a new payload (republish: update)."""
-
-    @abstractmethod
-    def claim(self, agent: str, now: float, lease_seconds: float, *, exclude_keys: set[str] = frozenset()) -> Row | None:  # type: ignore[assignment]
-        """Take the next due ``pending`` row: ``pending → publishing`` under a lease."""
-
-    @abstractmethod
-    def renew(self, row_id: int, agent: str, until: float) -> None: ...
-
-    @abstractmethod
-    def published(self, row_id: int, agent: str, tracker: str, ref: TrackerRef) -> None: ...
-
-    @abstractmethod
-    def retry_later(self, row_id: int, agent: str, error: str, at: float) -> None:
-        """``publishing → pending`` with the error and the next attempt time; outcome uncertain."""
-
-    @abstractmethod
-    def fail(self, row_id: int, agent: str, error: str) -> None:
-        """``publishing → failed``: parked until ``watcher retry``."""
-
-    @abstractmethod
-    def release(self, row_id: int, agent: str) -> None:
-        """``publishing → pending`` at shutdown, marked uncertain, attempt not counted."""
-
-    @abstractmethod
-    def save_state(self, row_id: int, state: dict[str, Any]) -> None: ...
-
-    @abstractmethod
-    def recover(self, agent: str, now: float, alive: "callable[[str], bool]") -> int:  # type: ignore[valid-type]
-        """Return ``publishing`` rows of dead agents (or expired leases) to ``pending``, uncertain."""
-
-    @abstractmethod
-    def requeue(self, ids: Iterable[int] | None = None, *, failed: bool = False) -> list[int]:
-        """``failed → pending`` for the given ids (or all failed); returns the ids moved."""
-
-    @abstractmethod
-    def rows(self, status: Status | None = None, *, ids: Iterable[int] | None = None, limit: int | None = None) -> list[Row]: ...
-
-    @abstractmethod
-    def by_key(self, key: str) -> Row | None: ...
-
-    @abstractmethod
-    def keys_like(self, prefix: str) -> list[Row]:
-        """Rows whose key starts with ``prefix`` (the revisions of one publish)."""
-
-    @abstractmethod
-    def known_files(self, directory: str) -> dict[str, tuple[int, int, int]]:
-        """name -> (size, mtime_ns, publish id) for files the journal holds in one directory."""
-
-    @abstractmethod
-    def files_of(self, publish_id: int) -> dict[str, tuple[int, int]]:
-        """path -> (size, mtime_ns) of every file recorded for one publish."""
-
-    @abstractmethod
-    def remember_files(self, publish_id: int, files: Iterable[FileRecord], note: str | None = None) -> None:
-        """Record files as belonging to a publish without republishing it (``republish: never``),
-        so that scans skip them and the warning is logged once."""
-
-    @abstractmethod
-    def next_due(self) -> float | None:
-        """Earliest ``next_attempt_at`` among pending rows (None: nothing pending)."""
-
-    @abstractmethod
-    def counts(self) -> dict[str, int]: ...
-
-    @abstractmethod
-    def close(self) -> None: ...
-
-    # Local registry: publishes "registered" by the embedded backend, in the same database.
-    @abstractmethod
-    def registry_add(self, key: str, payload: dict[str, Any]) -> tuple[int, float]:
-        """Insert once per key; returns (registry id, created_at) of the existing or new entry."""
-
-
-def open_journal(url: str) -> Journal:
-    if url.startswith("sqlite://"):
-        from .sqlite import SqliteJournal
-
-        return SqliteJournal(url)
-    if url.startswith(("postgresql://", "postgres://")):
-        from .postgres import PostgresJournal
-
-        return PostgresJournal(url)
-    from ..errors import ConfigError
-
-    raise ConfigError(f"journal: unsupported URL {url!r}; use sqlite:////path/journal.db or postgresql://...")

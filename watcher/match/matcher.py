@@ -451,6 +451,11 @@ class TemplateSet:
             out["note"] = self._notes.get(m.template, f"matches {m.template}, which has no publishes rule")
         return out
 
+    def publish_types(self) -> list[str]:
+        """The publish types the rules fix (by name, or by a template's fixed file ending); types
+        read from each file's own extension are not known until files arrive."""
+        return sorted({b.ptype for b in self._specs.values() if b is not None and b.ptype and "{" not in b.ptype})
+
     def publish_rule(self, template: str) -> PublishRule | None:
         """The rule a template publishes with (None: it does not publish)."""
         return self._rule_of.get(template)

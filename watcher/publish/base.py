@@ -8,15 +8,11 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
 from ..model import Job, TrackerRef
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ..journal.base import Journal
-
 
 class BackendSettings(BaseModel):
     """Base of each backend's settings (the ``tracker:`` section minus ``backend``).
@@ -29,9 +25,10 @@ class BackendSettings(BaseModel):
 class BackendContext:
     """What the service gives a backend besides its settings."""
 
-    journal: "Journal"
     config_dir: Path  # relative paths in the tracker section resolve against it
     roots: dict[str, Path]  # root name -> absolute path (for local storages, unmanaged locations)
+    publish_types: tuple[str, ...] = ()  # every type the templates' publishes rules name (`watcher check`)
+    journal_url: str = ""  # the local registry keeps its table in the journal's database
 
 
 @dataclass(frozen=True)

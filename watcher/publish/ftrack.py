@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,19 +27,21 @@ from typing import Any, Iterable, Literal
 
 from pydantic import Field, SecretStr, field_validator
 
-from ..errors import ConfigError, PermanentError, PublishError, RetryableError
+from ..errors import PermanentError, PublishError, RetryableError
 from ..model import Job, Publish, TrackerRef
 from ..secrets import read_secret
-from .base import Backend, BackendContext, BackendSettings, CheckResult
-from .http import HttpClient
+from .base import Backend, BackendContext, CheckResult
+from .tracker import (LookupCache, Scrubber, TrackerSettings, check_step, config_path, no_blank_values, project_of,
+                      tracker_http)
 
 log = logging.getLogger(__name__)
 
 DEFAULT_OBJECT_TYPES = {"Asset": "Asset Build"}  # Toolkit-style templates say Asset; ftrack says Asset Build
 
 
-class FtrackSettings(BackendSettings):
-    """The ``tracker:`` section for ``backend: ftrack``."""
+class FtrackSettings(TrackerSettings):
+    """The ``tracker:`` section for ``backend: ftrack``. A query batch can be slow on a big
+    site, so the transport defaults are more patient than ``TrackerSettings``'."""
 
     server_url: str  # https://studio.ftrackapp.com
     api_user: str  # the user (or API-key owner) the key belongs to
@@ -62,15 +62,12 @@ class FtrackSettings(BackendSettings):
     version_status: str | None = None  # Status.name for new versions; None: the server's default
     comment: str = ""  # AssetVersion.comment when the publish has no description
     version_url: str | None = None  # e.g. "{server}/#entityType=assetversion&entityId={id}"
-    ca_bundle: Path | None = None
-    verify_tls: bool = True
     timeout: float = Field(default=60.0, gt=0)
     retries: int = Field(default=4, ge=0)
     backoff_base: float = Field(default=1.0, ge=0)
     backoff_cap: float = Field(default=60.0, ge=0)
     batch_size: int = Field(default=500, ge=10)  # operations per create request
     page_size: int = Field(default=500, ge=1, le=5000)  # query page ("limit")
-    cache_seconds: float = Field(default=300.0, ge=0)  # project/context/task lookups
 
     @field_validator("server_url")
     @classmethod
@@ -85,10 +82,7 @@ class FtrackSettings(BackendSettings):
     @field_validator("asset_types", "component_names", "object_types")
     @classmethod
     def _no_blank(cls, v: dict[str, str]) -> dict[str, str]:
-        for key, value in v.items():
-            if not str(value).strip():
-                raise ValueError(f"{key!r} maps to an empty value")
-        return v
+        return no_blank_values(v)
 
 
 @dataclass(frozen=True)
@@ -161,40 +155,25 @@ class FtrackBackend(Backend):
             settings = FtrackSettings.model_validate(settings)
         super().__init__(settings, context)
         s: FtrackSettings = settings
-        self._key = read_secret(s.api_key, self._config_path(s.api_key_file), "tracker.api_key") or ""
-        verify: bool | str = s.verify_tls
-        if s.ca_bundle is not None:
-            bundle = self._config_path(s.ca_bundle)
-            if not bundle or not bundle.is_file():
-                raise ConfigError(f"tracker.ca_bundle: {bundle} is not a file")
-            verify = str(bundle)
-        self.http = HttpClient(
-            s.server_url, timeout=s.timeout, verify=verify, retries=s.retries,
-            backoff_base=s.backoff_base, backoff_cap=s.backoff_cap,
+        key = read_secret(s.api_key, config_path(s.api_key_file, context.config_dir), "tracker.api_key") or ""
+        self.http = tracker_http(
+            s, context.config_dir, s.server_url, scrub=Scrubber(key),
             headers={
                 "Accept": "application/json",
                 "Content-Type": "application/json",
                 "ftrack-user": s.api_user,
-                "ftrack-api-key": self._key,
+                "ftrack-api-key": key,
                 # Errors then come back as HTTP 200 + an ``exception`` body, so an error status
                 # means trouble in transport (what HttpClient retries), never a refusal.
                 "ftrack-strict-api": "false",
             },
             describe_error=describe_error,
         )
-        self._lock = threading.Lock()
-        self._cache: dict[tuple[Any, ...], tuple[float, Any]] = {}
+        self.cache = LookupCache(s.cache_ttl)
+        # the configured location is looked up once a day: it is configuration, not data
+        self._location_cache = LookupCache(86400.0)
 
     # ------------------------------------------------------------------ plumbing
-
-    def _config_path(self, p: Path | None) -> Path | None:
-        if p is None:
-            return None
-        p = Path(p).expanduser()
-        return p if p.is_absolute() else Path(self.context.config_dir) / p
-
-    def _scrub(self, text: str) -> str:
-        return text.replace(self._key, "***") if self._key else text
 
     def call(self, ops: list[dict[str, Any]], *, what: str, retry: bool = True) -> list[Any]:
         """Send one batch; the results in operation order. ``what`` says in errors what was being
@@ -202,11 +181,11 @@ class FtrackBackend(Backend):
         try:
             body = self.http.request("POST", "api", json=ops, retry=retry)
         except RetryableError as exc:
-            raise RetryableError(self._scrub(f"ftrack: {what}: {exc.message}"), retry_after=exc.retry_after) from None
+            raise RetryableError(f"ftrack: {what}: {exc.message}", retry_after=exc.retry_after) from None
         except PublishError as exc:
-            raise PermanentError(self._scrub(f"ftrack refused {what}: {exc.message}")) from None
+            raise PermanentError(f"ftrack refused {what}: {exc.message}") from None
         if isinstance(body, dict):  # one error object instead of the result list
-            raise PermanentError(self._scrub(f"ftrack refused {what}: {describe_error(200, body)}"))
+            raise PermanentError(f"ftrack refused {what}: {self.http.scrub(describe_error(200, body))}")
         if not isinstance(body, list) or len(body) != len(ops):
             raise RetryableError(f"ftrack: {what}: unexpected reply to {len(ops)} operations: {str(body)[:200]}")
         return body
@@ -239,24 +218,11 @@ class FtrackBackend(Backend):
         nxt = ((result.get("metadata") or {}).get("next") or {}).get("offset")
         return int(nxt) if nxt is not None else None
 
-    def _cached(self, key: tuple[Any, ...]) -> Any:
-        with self._lock:
-            hit = self._cache.get(key)
-        if hit is None:
-            return None
-        expires, value = hit
-        return value if expires > time.monotonic() else None
-
-    def _store(self, key: tuple[Any, ...], value: Any, ttl: float | None = None) -> Any:
-        with self._lock:
-            self._cache[key] = (time.monotonic() + (self.settings.cache_seconds if ttl is None else ttl), value)
-        return value
-
     # ------------------------------------------------------------------ lookups
 
     def _project(self, name: str) -> dict[str, Any]:
         key = ("project", name)
-        hit = self._cached(key)
+        hit = self.cache.get(key)
         if hit:
             return hit
         q = _quote(name, "project")
@@ -269,14 +235,14 @@ class FtrackBackend(Backend):
             raise PermanentError(f"ftrack: project {name!r} not found (looked up Project.name and full_name)")
         if len(rows) > 1:
             raise PermanentError(f"ftrack: {len(rows)} projects are named {name!r}; set tracker.project to the short name")
-        return self._store(key, rows[0])
+        return self.cache.put(key, rows[0])
 
     def _object_types(self) -> dict[str, dict[str, Any]]:
-        hit = self._cached(("object_types",))
+        hit = self.cache.get(("object_types",))
         if hit:
             return hit
         rows = self.query("select id, name from ObjectType", what="the lookup of object types")
-        return self._store(("object_types",), {str(r["name"]).lower(): r for r in rows})
+        return self.cache.put(("object_types",), {str(r["name"]).lower(): r for r in rows})
 
     def _object_type(self, entity_type: str) -> dict[str, Any]:
         wanted = self.settings.object_types.get(entity_type, entity_type)
@@ -289,11 +255,11 @@ class FtrackBackend(Backend):
         return row
 
     def _asset_types(self) -> dict[str, dict[str, Any]]:
-        hit = self._cached(("asset_types",))
+        hit = self.cache.get(("asset_types",))
         if hit:
             return hit
         rows = self.query("select id, name, short from AssetType", what="the lookup of asset types")
-        return self._store(("asset_types",), {str(r["short"]): r for r in rows})
+        return self.cache.put(("asset_types",), {str(r["short"]): r for r in rows})
 
     def asset_type_code(self, p: Publish) -> str:
         """The configured short code for a publish: by publish type, then extension."""
@@ -323,29 +289,28 @@ class FtrackBackend(Backend):
         return row
 
     def _location_id(self) -> str:
-        return self._id_by_name("Location", self.settings.location, "tracker.location", ttl=86400.0)
+        return self._id_by_name("Location", self.settings.location, "tracker.location", self._location_cache)
 
     def _status_id(self) -> str | None:
         name = self.settings.version_status
         return self._id_by_name("Status", name, "tracker.version_status") if name else None
 
-    def _id_by_name(self, entity_type: str, name: str, setting: str, ttl: float | None = None) -> str:
+    def _id_by_name(self, entity_type: str, name: str, setting: str, cache: LookupCache | None = None) -> str:
         """The id of a configured record looked up by name (cached)."""
+        cache = cache or self.cache
         key = (entity_type.lower(), name)
-        hit = self._cached(key)
+        hit = cache.get(key)
         if hit:
             return hit
         rows = self.query(f"select id, name from {entity_type} where name is {_quote(name, entity_type.lower())}",
                           what=f"the lookup of {entity_type.lower()} {name!r}")
         if not rows:
             raise PermanentError(f"ftrack: {entity_type.lower()} {name!r} ({setting}) does not exist")
-        return self._store(key, rows[0]["id"], ttl)
+        return cache.put(key, rows[0]["id"])
 
     def _context(self, p: Publish) -> _Context:
         """Project, Asset parent and task for a publish (each lookup cached once found)."""
-        project_name = p.project or self.settings.project
-        if not project_name:
-            raise PermanentError("ftrack: no project for this publish: set tracker.project or a project on the root")
+        project_name = str(project_of(p, self.settings.project))
         project = self._project(project_name)
         if p.entity is None:
             ctx_id, label, task = project["id"], f"project {project_name!r}", None
@@ -365,19 +330,19 @@ class FtrackBackend(Backend):
     def _find_entity(self, project: dict[str, Any], ot: dict[str, Any], name: str,
                      fields: dict[str, Any]) -> dict[str, Any]:
         key = ("entity", project["id"], ot["id"], name)
-        rows = self._cached(key) or self.query(
+        rows = self.cache.get(key) or self.query(
             f"select id, name, parent_id, object_type_id from TypedContext where project_id is {_quote(project['id'], 'id')}"
             f" and object_type_id is {_quote(ot['id'], 'id')} and name is {_quote(name, ot['name'])}",
             what=f"the lookup of {ot['name']} {name!r}")
         if not rows:
             raise PermanentError(f"ftrack: {ot['name']} {name!r} not found in project {project['name']!r}")
-        self._store(key, rows)
+        self.cache.put(key, rows)
         if len(rows) == 1:
             return rows[0]
         # Same name under several parents (sh010 in two sequences): the template's other fields
         # (Sequence: sq02) say which parent is meant.
         pkey = ("parents",) + key[1:]
-        parents = self._cached(pkey) or self._store(pkey, {r["id"]: r for r in self.query(
+        parents = self.cache.get(pkey) or self.cache.put(pkey, {r["id"]: r for r in self.query(
             "select id, name, object_type_id from TypedContext where id in ("
             + ", ".join(_quote(r["parent_id"], "id") for r in rows if r.get("parent_id")) + ")",
             what=f"the lookup of the parents of {ot['name']} {name!r}")})
@@ -400,14 +365,14 @@ class FtrackBackend(Backend):
 
     def _find_task(self, parent_id: str, task: str, label: str, project: str) -> dict[str, Any] | None:
         key = ("task", parent_id, task)
-        hit = self._cached(key)
+        hit = self.cache.get(key)
         if hit:
             return hit
         rows = self.query(
             f"select id, name, parent_id from Task where parent_id is {_quote(parent_id, 'id')} and name is {_quote(task, 'task')}",
             what=f"the lookup of task {task!r} on {label}")
         if rows:
-            return self._store(key, rows[0])
+            return self.cache.put(key, rows[0])
         if self.settings.require_task:
             raise PermanentError(f"ftrack: task {task!r} not found on {label} in project {project!r}")
         log.warning("ftrack: task %r not found on %s; publishing without a task", task, label)
@@ -633,16 +598,8 @@ class FtrackBackend(Backend):
             out.append(CheckResult(False, "credentials", f"the key works but user {s.api_user!r} was not found"))
         else:
             out.append(CheckResult(True, "credentials", f"{s.api_user} on {s.server_url} (ftrack {version})"))
-
-        def attempt(what: str, fn: Any) -> None:
-            try:
-                detail = fn()
-                out.append(CheckResult(True, what, detail or ""))
-            except PublishError as exc:
-                out.append(CheckResult(False, what, exc.message))
-
         if s.project:
-            attempt(f"project {s.project!r}", lambda: f"id {self._project(s.project)['id']}")
+            out.append(check_step(f"project {s.project!r}", lambda: f"id {self._project(s.project)['id']}"))
         codes = sorted(set(s.asset_types.values()) | ({s.default_asset_type} if s.default_asset_type else set()))
         if not codes:
             out.append(CheckResult(False, "asset types", "tracker.asset_types is empty and no default_asset_type is set"))
@@ -652,12 +609,12 @@ class FtrackBackend(Backend):
                 if code not in known:
                     raise PermanentError(f"no AssetType with short code {code!r}; known: {', '.join(sorted(known)) or 'none'}")
                 return f"{known[code]['name']}"
-            attempt(f"asset type {code!r}", one)
+            out.append(check_step(f"asset type {code!r}", one))
         for tmpl, ftype in sorted(s.object_types.items()):
-            attempt(f"object type {ftype!r}", lambda tmpl=tmpl: f"id {self._object_type(tmpl)['id']}")
-        attempt(f"location {s.location!r}", lambda: f"id {self._location_id()}")
+            out.append(check_step(f"object type {ftype!r}", lambda tmpl=tmpl: f"id {self._object_type(tmpl)['id']}"))
+        out.append(check_step(f"location {s.location!r}", lambda: f"id {self._location_id()}"))
         if s.version_status:
-            attempt(f"status {s.version_status!r}", lambda: f"id {self._status_id()}")
+            out.append(check_step(f"status {s.version_status!r}", lambda: f"id {self._status_id()}"))
         return out
 
     def close(self) -> None:

@@ -1,11 +1,12 @@
 """One HTTP client for every tracker backend: a ``requests.Session`` per thread (connection
-reuse without sharing a session across threads), a timeout on every call, TLS verification on
-(optionally against a CA bundle), and retries with backoff on 429/5xx/connection errors.
+reuse without sharing a session across threads), a timeout on every call, TLS verification as
+the caller resolved it (``verify``), and retries with backoff on 429/5xx/connection errors.
 
 Errors come out typed: ``RetryableError`` when trying again later can help (the request may
 have landed: callers treat the outcome as unknown), ``HttpError`` (a ``PermanentError``)
 carrying the status and the server's body otherwise. Nothing here ever logs headers or
-bodies, so secrets in them never reach a log."""
+bodies, so secrets in them never reach a log; ``scrub`` masks secrets a server echoes back in the
+messages and bodies of the errors raised."""
 from __future__ import annotations
 
 import logging
@@ -49,6 +50,7 @@ class HttpClient:
                  retries: int = 3, backoff_base: float = 0.5, backoff_cap: float = 30.0,
                  headers: dict[str, str] | None = None,
                  describe_error: Callable[[int, Any], str] | None = None,
+                 scrub: Callable[[Any], Any] | None = None,
                  sleep: Callable[[float], None] = time.sleep) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
@@ -58,6 +60,7 @@ class HttpClient:
         self.backoff_cap = backoff_cap
         self.headers = dict(headers or {})
         self.describe_error = describe_error or (lambda status, body: f"HTTP {status}: {body}")
+        self.scrub: Callable[[Any], Any] = scrub or (lambda value: value)
         self._sleep = sleep
         self._local = threading.local()
         self._sessions: list[requests.Session] = []
@@ -93,17 +96,19 @@ class HttpClient:
             try:
                 resp = self.session.request(method, self.url(path), **kwargs)
             except requests.Timeout as exc:
-                last = RetryableError(f"{method} {path}: no answer within {self.timeout:g} s ({type(exc).__name__})")
+                last = RetryableError(self.scrub(f"{method} {path}: no answer within {self.timeout:g} s "
+                                                 f"({type(exc).__name__})"))
                 continue
             except requests.ConnectionError as exc:
-                last = RetryableError(f"{method} {path}: cannot connect to {self.base_url} ({type(exc).__name__})")
+                last = RetryableError(self.scrub(f"{method} {path}: cannot connect to {self.base_url} "
+                                                 f"({type(exc).__name__})"))
                 continue
             except requests.RequestException as exc:
-                raise PermanentError(f"{method} {path}: {type(exc).__name__}: {exc}") from None
+                raise PermanentError(self.scrub(f"{method} {path}: {type(exc).__name__}: {exc}")) from None
             if resp.status_code < 300 or resp.status_code in ok_statuses:
                 return body_of(resp) if resp.content else None
-            body = body_of(resp)
-            message = f"{method} {path}: {self.describe_error(resp.status_code, body)}"
+            body = self.scrub(body_of(resp))
+            message = self.scrub(f"{method} {path}: {self.describe_error(resp.status_code, body)}")
             if resp.status_code in RETRY_STATUSES:
                 last = RetryableError(message, retry_after=parse_retry_after(resp.headers.get("Retry-After")))
                 continue

@@ -27,18 +27,19 @@ import mimetypes
 import os
 import re
 import threading
-import time
-import weakref
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from ..errors import ConfigError, PermanentError, RetryableError
+from ..errors import PermanentError, RetryableError
 from ..model import Job, Publish, TrackerRef
 from ..secrets import read_secret
-from .base import Backend, BackendContext, BackendSettings, CheckResult
+from .base import Backend, BackendContext, CheckResult
 from .http import HttpClient, HttpError
+from .tracker import (ASSET_TYPE_KEYS, EPISODE_KEYS, MOVIE_EXTENSIONS, SEQUENCE_KEYS, BearerAuth, LookupCache,
+                      Scrubber, Token, TrackerSettings, check_step, config_path, field_value, no_blank_values,
+                      project_of, tracker_http)
 
 log = logging.getLogger(__name__)
 
@@ -47,16 +48,13 @@ TRANSIENT_REFUSALS = 3  # attempts during which a refused update of our own reco
 # Zou column limits (models/output_file.py, output_type.py)
 MAX_NAME, MAX_REPRESENTATION, MAX_EXTENSION, MAX_PATH = 250, 20, 10, 400
 MAX_OUTPUT_TYPE_NAME, MAX_OUTPUT_TYPE_SHORT = 40, 20
-MOVIE_EXTENSIONS = frozenset({"mp4", "mov", "mkv", "avi", "webm", "wmv", "m4v"})
 PICTURE_EXTENSIONS = frozenset({"png", "jpg", "jpeg", "jpe"})
-SEQUENCE_KEYS = ("Sequence", "sequence", "seq", "sg_sequence")
-EPISODE_KEYS = ("Episode", "episode", "ep", "sg_episode")
-ASSET_TYPE_KEYS = ("AssetType", "asset_type", "sg_asset_type", "assettype")
-_MISSING = object()
+_ANY_PARENT = object()  # _entities: do not filter on the parent
 
 
-class KitsuSettings(BackendSettings):
-    """The ``tracker:`` section for ``backend: kitsu``."""
+class KitsuSettings(TrackerSettings):
+    """The ``tracker:`` section for ``backend: kitsu`` (timeouts, retries, TLS and cache from
+    ``TrackerSettings``, with its defaults)."""
 
     url: str = Field(description="Zou API root (a full Kitsu install serves it under /api)")
     token: SecretStr | None = None  # a bot's API token (WATCHER_TRACKER__TOKEN)
@@ -74,12 +72,6 @@ class KitsuSettings(BackendSettings):
     comment: bool = True  # a comment on the task for every publish (what Kitsu shows on the task)
     working_file: bool = False  # also record a working file on the task (assigns it to the bot)
     checksum: bool = True  # md5 of the file(s), stored in the output file
-    timeout: float = Field(30.0, gt=0)
-    retries: int = Field(3, ge=0)
-    backoff_base: float = Field(0.5, ge=0)
-    verify_tls: bool = True
-    ca_bundle: Path | None = None
-    cache_ttl: float = Field(300.0, ge=0)  # seconds a looked-up project/entity/type stays cached
 
     @field_validator("url")
     @classmethod
@@ -92,10 +84,7 @@ class KitsuSettings(BackendSettings):
     @field_validator("task_types", "output_types")
     @classmethod
     def _no_blank(cls, v: dict[str, str]) -> dict[str, str]:
-        for key, value in v.items():
-            if not str(value).strip():
-                raise ValueError(f"{key!r} maps to an empty name")
-        return v
+        return no_blank_values(v)
 
     @model_validator(mode="after")
     def _auth(self) -> "KitsuSettings":
@@ -134,43 +123,6 @@ def server_words(exc: Exception) -> str:
     return str(exc)
 
 
-class _TTLCache:
-    """Small thread-safe cache with expiry for lookups (positive results only)."""
-
-    def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.ttl = ttl
-        self._clock = clock
-        self._data: dict[Any, tuple[float, Any]] = {}
-        self._lock = threading.Lock()
-
-    def get(self, key: Any) -> Any:
-        with self._lock:
-            hit = self._data.get(key)
-            if hit is None or self._clock() - hit[0] > self.ttl:
-                self._data.pop(key, None)
-                return _MISSING
-            return hit[1]
-
-    def put(self, key: Any, value: Any) -> Any:
-        with self._lock:
-            self._data[key] = (self._clock(), value)
-        return value
-
-    def drop(self, match: Callable[[Any], bool] = lambda _k: True) -> None:
-        with self._lock:
-            for key in [k for k in self._data if match(k)]:
-                del self._data[key]
-
-
-def _field(fields: dict[str, Any], keys: tuple[str, ...]) -> str | None:
-    lower = {str(k).lower(): v for k, v in fields.items()}
-    for key in keys:
-        value = fields.get(key, lower.get(key.lower()))
-        if value not in (None, ""):
-            return str(value)
-    return None
-
-
 def _same(a: str | None, b: str | None) -> bool:
     return (a or "").casefold() == (b or "").casefold()
 
@@ -181,65 +133,46 @@ def _marker(publish: Publish) -> str:
     return "[watcher " + hashlib.sha1(publish.key.encode()).hexdigest()[:16] + "]"
 
 
-class _Auth:
+class _Auth(BearerAuth):
     """A bot token used as is, or a user login done once and renewed on a 401 (refresh token
-    first, then a new login). Never logs or echoes the secrets."""
+    first, then a new login)."""
 
-    def __init__(self, backend: "KitsuBackend") -> None:
-        self.backend = backend
-        s = backend.settings
-        self.is_bot = s.email is None
-        self._lock = threading.Lock()
-        self._access: str | None = None
-        self._refresh: str | None = None
-        self._token = read_secret(s.token, backend._resolve(s.token_file), "tracker.token") if self.is_bot else None
-        self._password = (None if self.is_bot else
-                          read_secret(s.password, backend._resolve(s.password_file), "tracker.password"))
+    def __init__(self, settings: KitsuSettings, token: str | None, password: str | None,
+                 http: HttpClient) -> None:
+        super().__init__(http)
+        self.email = settings.email
+        self.is_bot = token is not None
+        self.renewable = not self.is_bot  # a bot token cannot be renewed: make a new one in Kitsu
+        self._bot_token, self._password = token, password
 
     def who(self) -> str:
-        return "the API token" if self.is_bot else f"the login {self.backend.settings.email}"
+        return "the API token" if self.is_bot else f"the login {self.email}"
 
-    def token(self) -> str:
-        if self.is_bot:
-            assert self._token
-            return self._token
-        with self._lock:
-            if self._access is None:
-                self._login()
-            assert self._access
-            return self._access
-
-    def _login(self) -> None:
-        body = {"email": self.backend.settings.email, "password": self._password}
+    def login(self) -> Token:
+        if self._bot_token is not None:
+            return Token(self._bot_token)
         try:
-            answer = self.backend.http.request("POST", "/auth/login", json=body)
+            answer = self.http.request("POST", "/auth/login", json={"email": self.email, "password": self._password})
         except HttpError as exc:
             raise PermanentError(f"Kitsu refused {self.who()}: {server_words(exc)}") from None
         if not isinstance(answer, dict) or not answer.get("access_token"):
             words = answer.get("message") if isinstance(answer, dict) else answer
             raise PermanentError(f"Kitsu refused {self.who()}: {words or 'no access token in the answer'}")
-        self._access, self._refresh = answer["access_token"], answer.get("refresh_token")
+        return Token(answer["access_token"], answer.get("refresh_token"))
 
-    def renew(self, used: str) -> bool:
-        """After a 401 with token ``used``: get a fresh one. False when nothing can help."""
-        if self.is_bot:
-            return False
-        with self._lock:
-            if self._access != used:  # another thread renewed it already
-                return True
-            self._access = None
-            if self._refresh:
-                try:
-                    answer = self.backend.http.request(
-                        "GET", "/auth/refresh-token", headers={"Authorization": f"Bearer {self._refresh}"})
-                    if isinstance(answer, dict) and answer.get("access_token"):
-                        self._access = answer["access_token"]
-                        return True
-                except HttpError:
-                    pass  # refresh token revoked or expired: log in again
-            self._refresh = None
-            self._login()
-            return True
+    def refresh(self, refresh_token: str) -> Token | None:
+        answer = self.http.request("GET", "/auth/refresh-token", headers={"Authorization": f"Bearer {refresh_token}"})
+        if isinstance(answer, dict) and answer.get("access_token"):
+            return Token(answer["access_token"], refresh_token)
+        return None
+
+    def is_auth_failure(self, exc: HttpError) -> bool:
+        # flask-jwt answers a malformed token with 422 {"msg": ...}
+        return exc.status == 401 or (exc.status == 422 and isinstance(exc.body, dict) and "msg" in exc.body)
+
+    def refused(self, exc: HttpError, method: str, path: str) -> PermanentError:
+        return PermanentError(f"Kitsu refused {self.who()} ({method} {path}): {server_words(exc)}; "
+                              + ("create a new bot token in Kitsu" if self.is_bot else "check the email and password"))
 
 
 class KitsuBackend(Backend):
@@ -248,71 +181,32 @@ class KitsuBackend(Backend):
 
     def __init__(self, settings: KitsuSettings, context: BackendContext) -> None:
         super().__init__(settings, context)
-        verify: bool | str = settings.verify_tls
-        if settings.verify_tls and settings.ca_bundle is not None:
-            verify = str(self._resolve(settings.ca_bundle))
-        self.http = HttpClient(settings.url, timeout=settings.timeout, verify=verify, retries=settings.retries,
-                               backoff_base=settings.backoff_base, describe_error=describe_zou_error)
-        self.auth = _Auth(self)
-        self.cache = _TTLCache(settings.cache_ttl)
-        self._create_lock = threading.Lock()  # creating entities/types: rare, one at a time
-        self._key_locks: "weakref.WeakValueDictionary[str, threading.Lock]" = weakref.WeakValueDictionary()
-        self._key_locks_guard = threading.Lock()
-
-    # ---- plumbing -----------------------------------------------------------------------------
-    def _resolve(self, path: Path | None) -> Path | None:
-        if path is None:
-            return None
-        path = Path(path).expanduser()
-        return path if path.is_absolute() else Path(self.context.config_dir) / path
+        is_bot = settings.email is None
+        token = read_secret(settings.token, config_path(settings.token_file, context.config_dir),
+                            "tracker.token") if is_bot else None
+        password = None if is_bot else read_secret(
+            settings.password, config_path(settings.password_file, context.config_dir), "tracker.password")
+        self.http = tracker_http(settings, context.config_dir, settings.url, scrub=Scrubber(token, password),
+                                 describe_error=describe_zou_error)
+        self.auth = _Auth(settings, token, password, self.http)
+        self.cache = LookupCache(settings.cache_ttl)
+        # Creating a shared record (entity, task, output type) many publishes use: rare, one at a
+        # time. Publishes of one serialize_key are already serialised by the workers.
+        self._create_lock = threading.Lock()
 
     def call(self, method: str, path: str, *, retry: bool = True, **kwargs: Any) -> Any:
-        """One authenticated request; a 401 renews a user login once, then fails clearly."""
-        extra = kwargs.pop("headers", {})
-        for attempt in (0, 1):
-            token = self.auth.token()
-            headers = {**extra, "Authorization": f"Bearer {token}"}
-            try:
-                return self.http.request(method, path, retry=retry, headers=headers, **kwargs)
-            except HttpError as exc:
-                auth_failure = exc.status == 401 or (exc.status == 422 and isinstance(exc.body, dict)
-                                                     and "msg" in exc.body)
-                if not auth_failure:
-                    raise
-                if attempt == 0 and self.auth.renew(token):
-                    continue
-                raise PermanentError(f"Kitsu refused {self.auth.who()} ({method} {path}): {server_words(exc)}; "
-                                     + ("create a new bot token in Kitsu" if self.auth.is_bot
-                                        else "check the email and password")) from None
-        raise AssertionError("unreachable")
+        """One authenticated request (a 401 renews a user login once, then fails clearly)."""
+        return self.auth.request(method, path, retry=retry, **kwargs)
 
     def close(self) -> None:
         self.http.close()
 
-    def _lock_for(self, key: str) -> threading.Lock:
-        with self._key_locks_guard:
-            lock = self._key_locks.get(key)
-            if lock is None:
-                lock = threading.Lock()
-                self._key_locks[key] = lock
-            return lock
-
     # ---- names from the publish ------------------------------------------------------------------
     def project_name(self, publish: Publish) -> str:
-        configured = self.settings.project
-        if configured:
-            m = re.fullmatch(r"\{(\w+)\}", configured.strip())
-            if m:
-                value = _field(publish.fields, (m.group(1),))
-                if value:
-                    return value
-                raise PermanentError(f"tracker.project takes the project from template key {m.group(1)!r}, "
-                                     f"which the path {publish.path} does not give")
-        if publish.project:
-            return publish.project
-        if configured:
-            return configured
-        raise PermanentError(f"no Kitsu project for {publish.path}: set tracker.project or a template key for it")
+        """``tracker.project`` may be ``"{Key}"``: the value of that template key."""
+        configured = (self.settings.project or "").strip()
+        m = re.fullmatch(r"\{(\w+)\}", configured)
+        return str(project_of(publish, None if m else configured, key=m.group(1) if m else None))
 
     def task_type_name(self, publish: Publish) -> str:
         if not publish.task:
@@ -348,32 +242,22 @@ class KitsuBackend(Backend):
 
     @staticmethod
     def _parent_hint(p: Publish) -> str:
-        return "/".join(v for v in (_field(p.fields, EPISODE_KEYS), _field(p.fields, SEQUENCE_KEYS),
-                                    _field(p.fields, ASSET_TYPE_KEYS)) if v)
+        return "/".join(v for v in (field_value(p.fields, EPISODE_KEYS), field_value(p.fields, SEQUENCE_KEYS),
+                                    field_value(p.fields, ASSET_TYPE_KEYS)) if v)
 
     # ---- lookups --------------------------------------------------------------------------------
-    def _cached(self, key: Any, fetch: Callable[[], Any], fresh: bool = False) -> Any:
-        if not fresh:
-            hit = self.cache.get(key)
-            if hit is not _MISSING:
-                return hit
-        value = fetch()
-        if value is not None:
-            self.cache.put(key, value)
-        return value
-
     def project(self, name: str, fresh: bool = False) -> dict:
         def fetch() -> dict | None:
             found = [p for p in self.call("GET", "/data/projects", params={"name": name}) or []
                      if _same(p.get("name"), name)]
             return found[0] if found else None
-        project = self._cached(("project", name.casefold()), fetch, fresh)
+        project = self.cache.fetch(("project", name.casefold()), fetch, fresh=fresh)
         if project is None:
             raise PermanentError(f"project {name!r} not found in Kitsu (or not visible to {self.auth.who()})")
         return project
 
     def _named(self, kind: str, path: str, name: str, fresh: bool = False) -> dict | None:
-        rows = self._cached((kind,), lambda: self.call("GET", path), fresh)
+        rows = self.cache.fetch((kind,), lambda: self.call("GET", path), fresh=fresh)
         hit = next((r for r in rows if _same(r.get("name"), name)), None)
         if hit is None:
             hit = next((r for r in rows if _same(r.get("short_name"), name)), None)
@@ -387,7 +271,7 @@ class KitsuBackend(Backend):
     def task_type(self, name: str) -> dict:
         found = self._named("task-types", "/data/task-types", name)
         if found is None:
-            known = ", ".join(sorted(t["name"] for t in self._cached(("task-types",), lambda: [])))
+            known = ", ".join(sorted(t["name"] for t in self.cache.get(("task-types",)) or []))
             raise PermanentError(f"task type {name!r} not found in Kitsu (known: {known}); "
                                  f"map the step in tracker.task_types")
         return found
@@ -440,7 +324,7 @@ class KitsuBackend(Backend):
             rows = [e for e in self.call("GET", "/data/entities", params=params) or []
                     if _same(e.get("name"), name) and not e.get("canceled")]
             return rows or None
-        return self._cached(key, fetch, fresh) or []
+        return self.cache.fetch(key, fetch, fresh=fresh) or []
 
     def _one(self, rows: list[dict], what: str) -> dict | None:
         if len(rows) > 1:
@@ -473,31 +357,31 @@ class KitsuBackend(Backend):
         etype, name, fields = publish.entity.type, publish.entity.name, publish.fields
         kind = etype.casefold()
         if kind == "shot":
-            seq_name = _field(fields, SEQUENCE_KEYS)
+            seq_name = field_value(fields, SEQUENCE_KEYS)
             if seq_name:
-                seq = self._find_sequence(project, seq_name, _field(fields, EPISODE_KEYS), fresh)
+                seq = self._find_sequence(project, seq_name, field_value(fields, EPISODE_KEYS), fresh)
                 if seq is None:
                     return None
                 return self._one(self._entities(project, "Shot", name, seq["id"], fresh),
                                  f"shot {seq_name}/{name}")
             return self._one(self._entities(project, "Shot", name, None, fresh), f"shot {name}")
         if kind == "sequence":
-            return self._find_sequence(project, name, _field(fields, EPISODE_KEYS), fresh)
+            return self._find_sequence(project, name, field_value(fields, EPISODE_KEYS), fresh)
         if kind in ("episode", "edit", "scene", "concept"):
             return self._one(self._entities(project, etype.capitalize(), name, None, fresh), f"{kind} {name}")
-        asset_type = _field(fields, ASSET_TYPE_KEYS)
+        asset_type = field_value(fields, ASSET_TYPE_KEYS)
         if kind != "asset":  # Entity("Character", "hero"): the type is the asset type
             asset_type = etype
         if asset_type:
             return self._one(self._entities(project, asset_type, name, None, fresh), f"asset {asset_type}/{name}")
-        rows = [a for a in self._cached(
+        rows = [a for a in self.cache.fetch(
             ("assets", project["id"], name.casefold()),
             lambda: self.call("GET", "/data/assets/all", params={"project_id": project["id"], "name": name}) or None,
-            fresh) or [] if _same(a.get("name"), name) and not a.get("canceled")]
+            fresh=fresh) or [] if _same(a.get("name"), name) and not a.get("canceled")]
         return self._one(rows, f"asset {name}")
 
     def _find_sequence(self, project: dict, name: str, episode: str | None, fresh: bool) -> dict | None:
-        parent: str | None | object = _MISSING
+        parent: str | None | object = _ANY_PARENT
         if episode:
             ep = self._one(self._entities(project, "Episode", episode, None, fresh), f"episode {episode}")
             if ep is None:
@@ -511,19 +395,19 @@ class KitsuBackend(Backend):
         kind = publish.entity.type.casefold()
         try:
             if kind == "shot":
-                seq_name = _field(fields, SEQUENCE_KEYS)
+                seq_name = field_value(fields, SEQUENCE_KEYS)
                 if not seq_name:
                     raise PermanentError(f"cannot create shot {name!r}: the template gives no sequence")
-                seq = self._find_sequence(project, seq_name, _field(fields, EPISODE_KEYS), True) \
-                    or self._create_sequence(project, seq_name, _field(fields, EPISODE_KEYS))
+                seq = self._find_sequence(project, seq_name, field_value(fields, EPISODE_KEYS), True) \
+                    or self._create_sequence(project, seq_name, field_value(fields, EPISODE_KEYS))
                 made = self.call("POST", f"/data/projects/{pid}/shots", json={"name": name, "sequence_id": seq["id"]},
                                  retry=False)
             elif kind == "sequence":
-                made = self._create_sequence(project, name, _field(fields, EPISODE_KEYS))
+                made = self._create_sequence(project, name, field_value(fields, EPISODE_KEYS))
             elif kind == "episode":
                 made = self.call("POST", f"/data/projects/{pid}/episodes", json={"name": name}, retry=False)
             else:
-                asset_type = publish.entity.type if kind != "asset" else _field(fields, ASSET_TYPE_KEYS)
+                asset_type = publish.entity.type if kind != "asset" else field_value(fields, ASSET_TYPE_KEYS)
                 at = self.entity_type(asset_type) if asset_type else None
                 if at is None or kind in ("edit", "scene", "concept"):
                     raise PermanentError(f"cannot create {self._describe_entity(publish)} in Kitsu: "
@@ -552,14 +436,14 @@ class KitsuBackend(Backend):
             rows = sorted(rows or [], key=lambda t: (t.get("name") != "main", t.get("created_at") or ""))
             return rows[0] if rows else None
         key = ("task", entity["id"], task_type["id"])
-        found = self._cached(key, fetch) or self._cached(key, fetch, fresh=True)
+        found = self.cache.fetch(key, fetch) or self.cache.fetch(key, fetch, fresh=True)
         if found is not None:
             return found
         what = f"task {task_type['name']!r} on {self._describe_entity(publish)}"
         if not self.settings.create_missing_entities:
             raise PermanentError(f"{what} not found in Kitsu (create it, or set tracker.create_missing_entities)")
         with self._create_lock:
-            found = self._cached(key, fetch, fresh=True)
+            found = self.cache.fetch(key, fetch, fresh=True)
             if found is None:
                 kind = (entity.get("type") or "").lower()
                 route = {"shot": "shots", "asset": "assets", "edit": "edits"}.get(kind)
@@ -569,7 +453,7 @@ class KitsuBackend(Backend):
                     self.call("POST", path, json=[entity["id"]], retry=False)
                 except HttpError as exc:
                     raise PermanentError(f"creating {what} failed: {server_words(exc)}") from None
-                found = self._cached(key, fetch, fresh=True)
+                found = self.cache.fetch(key, fetch, fresh=True)
                 if found is None:
                     raise PermanentError(f"creating {what} in Kitsu did not produce a task")
                 log.info("created Kitsu %s", what)
@@ -577,10 +461,6 @@ class KitsuBackend(Backend):
 
     # ---- publish --------------------------------------------------------------------------------
     def publish(self, job: Job) -> TrackerRef:
-        with self._lock_for(self.serialize_key(job)):
-            return self._publish(job)
-
-    def _publish(self, job: Job) -> TrackerRef:
         p = job.publish
         self._validate(p)
         project = self.project(self.project_name(p))
@@ -803,13 +683,9 @@ class KitsuBackend(Backend):
     def preview_source(self, p: Publish) -> str | None:
         """What reviewers can look at: a movie, a picture, or the middle frame of a picture
         sequence. EXR and other formats Kitsu cannot show get no preview."""
-        ext = p.extension
-        if ext in MOVIE_EXTENSIONS or (ext in PICTURE_EXTENSIONS and not p.is_sequence):
+        if p.extension in MOVIE_EXTENSIONS:
             return p.path
-        if ext in PICTURE_EXTENSIONS:
-            frames = p.frame_numbers()
-            return p.frame_path(frames[len(frames) // 2]) if frames else None
-        return None
+        return p.middle_frame_path() if p.extension in PICTURE_EXTENSIONS else None
 
     def _preview(self, task: dict, comment: dict, p: Publish, job: Job, where: str) -> None:
         source = self.preview_source(p)
@@ -850,50 +726,38 @@ class KitsuBackend(Backend):
 
     # ---- check ------------------------------------------------------------------------------------
     def check(self) -> list[CheckResult]:
-        out: list[CheckResult] = []
-        try:
-            me = self.call("GET", "/auth/authenticated")
-            user = (me or {}).get("user") or {}
-            who = " ".join(x for x in (user.get("first_name"), user.get("last_name")) if x) or user.get("email", "?")
-            out.append(CheckResult(True, f"credentials ({self.auth.who()})",
-                                   f"authenticated as {who}{' (bot)' if user.get('is_bot') else ''}"))
-        except (PermanentError, RetryableError, ConfigError) as exc:
-            return [CheckResult(False, f"credentials ({self.auth.who()}) on {self.settings.url}", str(exc))]
+        out = [check_step(f"credentials ({self.auth.who()})", self._check_credentials)]
+        if not out[0].ok:
+            return [CheckResult(False, f"credentials ({self.auth.who()}) on {self.settings.url}", out[0].detail)]
         project = self.settings.project
         if project and not re.fullmatch(r"\{\w+\}", project.strip()):
-            try:
-                found = self.project(project, fresh=True)
-                if found.get("file_tree"):
-                    out.append(CheckResult(True, f"project {project!r}", "found, with a file tree"))
-                else:
-                    out.append(CheckResult(False, f"project {project!r}",
-                                           "has no file tree: Zou cannot place output files; set one in the "
-                                           "production settings"))
-            except PermanentError as exc:
-                out.append(CheckResult(False, f"project {project!r}", str(exc)))
+            out.append(check_step(f"project {project!r}", lambda: self._check_project(project)))
         elif project:
             out.append(CheckResult(True, f"project {project!r}", "taken from the template, checked at publish time"))
         else:
             out.append(CheckResult(True, "project", "taken from each publish's project field"))
         for step, name in sorted(self.settings.task_types.items()):
-            try:
-                self.task_type(name)
-                out.append(CheckResult(True, f"task type {name!r} (step {step!r})", "found"))
-            except PermanentError as exc:
-                out.append(CheckResult(False, f"task type {name!r} (step {step!r})", str(exc)))
+            out.append(check_step(f"task type {name!r} (step {step!r})", lambda n=name: self.task_type(n) and "found"))
         for ext, name in sorted(self.settings.output_types.items()):
-            found = self._named("output-types", "/data/output-types", name, fresh=True)
-            if found is not None:
-                out.append(CheckResult(True, f"output type {name!r} ({ext})", "found"))
-            elif self.settings.create_output_types:
-                out.append(CheckResult(True, f"output type {name!r} ({ext})", "missing, created at the first publish"))
-            else:
-                out.append(CheckResult(False, f"output type {name!r} ({ext})",
-                                       "not found in Kitsu and tracker.create_output_types is false"))
+            out.append(check_step(f"output type {name!r} ({ext})", lambda n=name: self._check_output_type(n)))
         if self.settings.review:
-            try:
-                self.task_status(self.settings.review_status)
-                out.append(CheckResult(True, f"review status {self.settings.review_status!r}", "found"))
-            except PermanentError as exc:
-                out.append(CheckResult(False, f"review status {self.settings.review_status!r}", str(exc)))
+            status = self.settings.review_status
+            out.append(check_step(f"review status {status!r}", lambda: self.task_status(status) and "found"))
         return out
+
+    def _check_credentials(self) -> str:
+        user = (self.call("GET", "/auth/authenticated") or {}).get("user") or {}
+        who = " ".join(x for x in (user.get("first_name"), user.get("last_name")) if x) or user.get("email", "?")
+        return f"authenticated as {who}{' (bot)' if user.get('is_bot') else ''}"
+
+    def _check_project(self, name: str) -> str:
+        if not self.project(name, fresh=True).get("file_tree"):
+            raise PermanentError("has no file tree: Zou cannot place output files; set one in the production settings")
+        return "found, with a file tree"
+
+    def _check_output_type(self, name: str) -> str:
+        if self._named("output-types", "/data/output-types", name, fresh=True) is not None:
+            return "found"
+        if not self.settings.create_output_types:
+            raise PermanentError("not found in Kitsu and tracker.create_output_types is false")
+        return "missing, created at the first publish"

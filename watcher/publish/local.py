@@ -1,24 +1,61 @@
-"""The embedded default tracker: publishes are registered in the journal's own database,
-numbered as a tracker would (id, created_at), so a studio without a tracker (or a test rig)
-gets the whole pipeline, `watcher publishes` and exactly-once, with nothing to set up."""
+"""The embedded default tracker: publishes are registered in a ``registry`` table of the journal's
+own database, numbered as a tracker would (id, created_at), so a studio without a tracker (or a
+test rig) gets the whole pipeline, `watcher publishes` and exactly-once, with nothing to set up."""
 from __future__ import annotations
 
+import time
+from typing import Any
+
+from ..journal import open_database
+from ..journal.ledger import ensure_schema
 from ..model import Job, TrackerRef
-from .base import Backend, BackendSettings, CheckResult
+from .base import Backend, BackendContext, BackendSettings, CheckResult
 
 
 class LocalSettings(BackendSettings):
     pass
 
 
+class Registry:
+    """One entry per idempotency key: a retry after a crash finds the entry it made before."""
+
+    def __init__(self, journal_url: str) -> None:
+        self.db = open_database(journal_url)
+        ensure_schema(self.db)  # its table is part of the journal's schema
+        self.url = self.db.url
+
+    def add(self, key: str, payload: dict[str, Any]) -> tuple[int, float]:
+        """Insert once per key (a second call updates the payload); returns (id, created_at)."""
+        to_json = self.db.dialect.to_json
+        r = self.db.write(lambda cur: cur.execute(
+            "INSERT INTO registry (key, created_at, payload) VALUES (?,?,?) "
+            "ON CONFLICT (key) DO UPDATE SET payload=excluded.payload RETURNING id, created_at",
+            (key, time.time(), to_json(payload))).fetchone())
+        return r[0], r[1]
+
+    def entries(self) -> list[tuple[int, str, float, dict[str, Any]]]:
+        load = self.db.dialect.from_json
+        return [(i, k, t, load(p)) for i, k, t, p in self.db.read(lambda cur: cur.execute(
+            "SELECT id, key, created_at, payload FROM registry ORDER BY id").fetchall())]
+
+    def close(self) -> None:
+        self.db.close()
+
+
 class LocalBackend(Backend):
     name = "local"
     Settings = LocalSettings
 
+    def __init__(self, settings: LocalSettings, context: BackendContext) -> None:
+        super().__init__(settings, context)
+        self.registry = Registry(context.journal_url)
+
     def publish(self, job: Job) -> TrackerRef:
-        # One entry per idempotency key: a retry after a crash finds the entry it made before.
-        reg_id, _created = self.context.journal.registry_add(job.publish.key, job.publish.to_dict())
+        reg_id, _created = self.registry.add(job.publish.key, job.publish.to_dict())
         return TrackerRef(id=str(reg_id))
 
     def check(self) -> list[CheckResult]:
-        return [CheckResult(True, "local registry", f"in the journal {self.context.journal.url}")]
+        return [CheckResult(True, "local registry", f"in the journal {self.registry.url}")]
+
+    def close(self) -> None:
+        self.registry.close()

@@ -33,8 +33,10 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from ..errors import PermanentError, PublishError, RetryableError
 from ..model import Job, Publish, TrackerRef
 from ..secrets import read_secret
-from .base import Backend, BackendContext, BackendSettings, CheckResult
-from .http import HttpClient, HttpError
+from .base import Backend, BackendContext, CheckResult
+from .http import HttpError
+from .tracker import (ASSET_TYPE_KEYS, MOVIE_EXTENSIONS, SEQUENCE_KEYS, BearerAuth, LookupCache, Scrubber, Token,
+                      TrackerSettings, check_step, config_path, create_once, field_value, project_of, tracker_http)
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +44,13 @@ ARRAY_CT = "application/vnd+shotgun.api3_array+json"
 HASH_CT = "application/vnd+shotgun.api3_hash+json"
 DEFAULT_CREATABLE = ("Shot", "Asset", "Sequence")
 REVIEW_EXTENSIONS = ["exr", "dpx", "jpg", "jpeg", "png", "tif", "tiff", "mov", "mp4"]
-MOVIE_EXTENSIONS = {"mov", "mp4", "avi", "mkv", "webm", "m4v"}
 THUMBNAIL_EXTENSIONS = ["jpg", "jpeg", "png", "gif"]
 OS_PATH_FIELD = "windows_path" if sys.platform == "win32" else "mac_path" if sys.platform == "darwin" else "linux_path"
 
 
-class ShotGridSettings(BackendSettings):
-    """The ``tracker:`` section for ``backend: shotgrid``."""
+class ShotGridSettings(TrackerSettings):
+    """The ``tracker:`` section for ``backend: shotgrid`` (timeouts, retries, TLS and cache from
+    ``TrackerSettings``, with its defaults)."""
 
     url: str = Field(description="site URL, e.g. https://studio.shotgrid.autodesk.com")
     # script credentials (client_credentials grant) ...
@@ -65,13 +67,7 @@ class ShotGridSettings(BackendSettings):
     project_key: str | None = None  # template key whose value names the project (wins when present)
     storages: dict[str, int | str] = Field(default_factory=dict)  # root name -> LocalStorage code or id
 
-    ca_bundle: Path | None = None
-    timeout: float = Field(30.0, gt=0)
-    retries: int = Field(3, ge=0)
-    backoff_base: float = Field(0.5, ge=0)
-    backoff_cap: float = Field(30.0, ge=0)
     page_size: int = Field(500, ge=1, le=5000)
-    cache_ttl: float = Field(300.0, ge=0)
 
     create_publish_types: bool = True  # register_publish creates a missing PublishedFileType
     publish_types: list[str] = Field(default_factory=list)  # checked by `watcher check`
@@ -157,98 +153,53 @@ def flatten(rec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-class _Token:
-    def __init__(self, access: str, refresh: str | None, expires_at: float) -> None:
-        self.access, self.refresh, self.expires_at = access, refresh, expires_at
+class ShotGridClient(BearerAuth):
+    """The REST wire: bearer token (``BearerAuth``: cached, refreshed before expiry, one re-auth
+    on 401), ``search`` with pagination, create/update/read, uploads. Thread-safe."""
 
-
-class ShotGridClient:
-    """The REST wire: bearer token (cached, refreshed before expiry, one re-auth on 401),
-    ``_search`` with pagination, create/update/read, uploads. Thread-safe."""
-
-    def __init__(self, settings: ShotGridSettings, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, settings: ShotGridSettings, config_dir: Path, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self.site = settings.url
         if settings.script_name is not None:
-            secret = read_secret(settings.script_key, settings.script_key_file, "tracker.script_key")
+            secret = read_secret(settings.script_key, config_path(settings.script_key_file, config_dir),
+                                 "tracker.script_key")
             self._grant = {"grant_type": "client_credentials", "client_id": settings.script_name,
-                           "client_secret": secret}
+                           "client_secret": secret or ""}
             self.who = f"script '{settings.script_name}'"
         else:
-            secret = read_secret(settings.password, settings.password_file, "tracker.password")
-            self._grant = {"grant_type": "password", "username": settings.login or "", "password": secret}
+            secret = read_secret(settings.password, config_path(settings.password_file, config_dir),
+                                 "tracker.password")
+            self._grant = {"grant_type": "password", "username": settings.login or "", "password": secret or ""}
             self.who = f"user '{settings.login}'"
         if settings.sudo_as_login:
             self._grant["scope"] = f"sudo_as_login:{settings.sudo_as_login}"
-        self._secret = secret or ""
-        verify: bool | str = str(settings.ca_bundle) if settings.ca_bundle else True
-        self.http = HttpClient(f"{self.site}/api/v1", timeout=settings.timeout, verify=verify,
-                               retries=settings.retries, backoff_base=settings.backoff_base,
-                               backoff_cap=settings.backoff_cap, headers={"Accept": "application/json"},
-                               describe_error=describe_error)
-        self._clock = clock
-        self._token: _Token | None = None
-        self._token_lock = threading.Lock()
+        http = tracker_http(settings, config_dir, f"{self.site}/api/v1", scrub=Scrubber(secret),
+                            headers={"Accept": "application/json"}, describe_error=describe_error)
+        super().__init__(http, clock=clock)
 
-    # ---- auth -----------------------------------------------------------------------------------
-    def _scrub(self, text: str) -> str:
-        return text.replace(self._secret, "***") if self._secret else text
-
-    def _fetch_token(self, form: dict[str, str]) -> _Token:
+    # ---- auth (BearerAuth) ----------------------------------------------------------------------
+    def _fetch_token(self, form: dict[str, str]) -> Token:
         try:
             body = self.http.request("POST", "auth/access_token", data=form,
                                      headers={"Content-Type": "application/x-www-form-urlencoded"})
         except HttpError as exc:
-            raise PermanentError(self._scrub(
-                f"ShotGrid at {self.site} refused the credentials of {self.who}: {exc.message}")) from None
-        except RetryableError as exc:
-            raise RetryableError(self._scrub(exc.message), retry_after=exc.retry_after) from None
+            raise PermanentError(f"ShotGrid at {self.site} refused the credentials of {self.who}: "
+                                 f"{exc.message}") from None
         if not isinstance(body, dict) or "access_token" not in body:
             raise PermanentError(f"ShotGrid at {self.site}: unexpected answer from auth/access_token")
         ttl = float(body.get("expires_in") or 600)
         # renew ahead of expiry: a minute on a real site, a tenth of the lifetime when short
-        return _Token(body["access_token"], body.get("refresh_token"), self._clock() + ttl - min(60.0, ttl / 10))
+        return Token(body["access_token"], body.get("refresh_token"), self._clock() + ttl - min(60.0, ttl / 10))
 
-    def authenticate(self) -> None:
-        """Get a new token from the credentials now (``watcher check``)."""
-        with self._token_lock:
-            self._token = self._fetch_token(self._grant)
+    def login(self) -> Token:
+        return self._fetch_token(self._grant)
 
-    def token(self, *, stale: str | None = None) -> str:
-        """A live access token. ``stale``: the token a 401 just refused (renew unless another
-        thread already did)."""
-        with self._token_lock:
-            tok = self._token
-            if tok is not None and tok.access != stale and self._clock() < tok.expires_at:
-                return tok.access
-            new = None
-            if tok is not None and tok.refresh:
-                try:
-                    new = self._fetch_token({"grant_type": "refresh_token", "refresh_token": tok.refresh})
-                except PermanentError:
-                    new = None  # refresh refused: fall back to the credentials
-            if new is None:
-                new = self._fetch_token(self._grant)
-            self._token = new
-            return new.access
+    def refresh(self, refresh_token: str) -> Token | None:
+        return self._fetch_token({"grant_type": "refresh_token", "refresh_token": refresh_token})
 
-    def request(self, method: str, path: str, *, retry: bool = True, **kwargs: Any) -> Any:
-        """An authenticated call; a 401 renews the token once, a second 401 is permanent."""
-        headers = dict(kwargs.pop("headers", None) or {})
-        stale: str | None = None
-        for attempt in range(2):
-            tok = self.token(stale=stale)
-            try:
-                return self.http.request(method, path, retry=retry,
-                                         headers={**headers, "Authorization": f"Bearer {tok}"}, **kwargs)
-            except HttpError as exc:
-                if exc.status != 401:
-                    raise
-                if attempt:
-                    raise PermanentError(f"ShotGrid at {self.site} refused a fresh access token for "
-                                         f"{self.who}: {exc.message}") from None
-                stale = tok
-        raise AssertionError("unreachable")  # pragma: no cover
+    def refused(self, exc: HttpError, method: str, path: str) -> PermanentError:
+        return PermanentError(f"ShotGrid at {self.site} refused a fresh access token for {self.who}: {exc.message}")
 
     # ---- entities -------------------------------------------------------------------------------
     def search(self, entity_type: str, filters: list[Any] | dict[str, Any], fields: list[str], *,
@@ -316,42 +267,17 @@ class ShotGridClient:
         self.http.close()
 
 
-class _Cache:
-    """Positive lookups kept for ``ttl`` seconds (a miss is asked again next time, so an entity
-    created on the site meanwhile is found)."""
-
-    def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.ttl, self.clock = ttl, clock
-        self._data: dict[Any, tuple[float, Any]] = {}
-        self._lock = threading.Lock()
-
-    def get(self, key: Any) -> Any:
-        with self._lock:
-            hit = self._data.get(key)
-            if hit and self.clock() < hit[0]:
-                return hit[1]
-            self._data.pop(key, None)
-            return None
-
-    def put(self, key: Any, value: Any) -> Any:
-        if value is not None and self.ttl > 0:
-            with self._lock:
-                self._data[key] = (self.clock() + self.ttl, value)
-        return value
-
-
 class ShotGridBackend(Backend):
     name = "shotgrid"
     Settings = ShotGridSettings
 
     def __init__(self, settings: ShotGridSettings, context: BackendContext) -> None:
-        # relative file settings are relative to the configuration file's directory
-        files = {k: _relative_to(getattr(settings, k), context.config_dir)
-                 for k in ("script_key_file", "password_file", "ca_bundle")}
-        settings = settings.model_copy(update=files)
         super().__init__(settings, context)
-        self.client = ShotGridClient(settings)
-        self.cache = _Cache(settings.cache_ttl)
+        self.client = ShotGridClient(settings, context.config_dir)
+        self.cache = LookupCache(settings.cache_ttl)
+        # Creating a shared record (a PublishedFileType, a Shot) that many publishes use: one
+        # lock per record, so two publishes never both create it. (Publishes of one key are
+        # already serialised by the workers.)
         self._create_locks: dict[Any, threading.Lock] = {}
         self._locks_lock = threading.Lock()
 
@@ -423,20 +349,8 @@ class ShotGridBackend(Backend):
         with self._locks_lock:
             return self._create_locks.setdefault(key, threading.Lock())
 
-    def _project_ref(self, p: Publish) -> int | str:
-        if self.settings.project_key and p.fields.get(self.settings.project_key) not in (None, ""):
-            return str(p.fields[self.settings.project_key])
-        if p.project:
-            return p.project
-        if self.settings.project is not None:
-            return self.settings.project
-        raise PermanentError(f"no project for {p.path}: the publish names none"
-                             + (f", template key '{self.settings.project_key}' is not in its fields"
-                                if self.settings.project_key else "")
-                             + " and tracker.project is not set")
-
     def _project(self, p: Publish) -> dict[str, Any]:
-        return self.project(self._project_ref(p))
+        return self.project(project_of(p, self.settings.project, key=self.settings.project_key))
 
     def project(self, ref: int | str) -> dict[str, Any]:
         """A Project by id, else by ``name`` or ``tank_name`` (the project folder)."""
@@ -539,8 +453,9 @@ class ShotGridBackend(Backend):
         except HttpError as exc:
             raise PermanentError(f"cannot look up {entity_type} '{code}' in project '{project.get('name')}': "
                                  f"{exc.message}") from None
-        if len(rows) > 1 and entity_type == "Shot" and fields.get("Sequence"):
-            seq = str(fields["Sequence"]).lower()
+        sequence = field_value(fields, SEQUENCE_KEYS)
+        if len(rows) > 1 and entity_type == "Shot" and sequence:
+            seq = sequence.lower()
             narrowed = [r for r in rows if str((r.get("sg_sequence") or {}).get("name") or "").lower() == seq]
             rows = narrowed or rows
         if len(rows) > 1:
@@ -551,10 +466,11 @@ class ShotGridBackend(Backend):
     def _create_entity(self, entity_type: str, code: str, project: dict[str, Any],
                        fields: dict[str, Any]) -> dict[str, Any]:
         data: dict[str, Any] = {"project": link(project), "code": code}
-        if entity_type == "Shot" and fields.get("Sequence"):
-            data["sg_sequence"] = link(self.entity("Sequence", str(fields["Sequence"]), project))
-        if entity_type == "Asset" and fields.get("sg_asset_type"):
-            data["sg_asset_type"] = str(fields["sg_asset_type"])
+        sequence, asset_type = field_value(fields, SEQUENCE_KEYS), field_value(fields, ASSET_TYPE_KEYS)
+        if entity_type == "Shot" and sequence:
+            data["sg_sequence"] = link(self.entity("Sequence", sequence, project))
+        if entity_type == "Asset" and asset_type:
+            data["sg_asset_type"] = asset_type
         try:
             rec = self.client.create(entity_type, data)
         except HttpError as exc:
@@ -630,23 +546,18 @@ class ShotGridBackend(Backend):
 
     def _create_once(self, job: Job, entity_type: str, id_key: str, sent_key: str, what: str,
                      find: Callable[[], dict[str, Any] | None], make: Callable[[], dict[str, Any]]) -> int:
-        """Create one record exactly once across attempts. Its id is journaled; after an
-        uncertain outcome (or a create whose answer was lost) look for it first. A create is
-        never resent blindly: ``sent_key`` is journaled before it goes out."""
-        rid = job.state.get(id_key)
-        if rid is None and (job.uncertain or job.state.get(sent_key)):
-            found = find()
-            rid = found["id"] if found else None
-        if rid is None:
+        """``create_once`` with ShotGrid's find and create (nothing on a site is unique)."""
+        def create() -> int:
             data = make()
-            job.remember(**{sent_key: True})
             try:
-                rid = self.client.create(entity_type, data)["id"]
+                return self.client.create(entity_type, data)["id"]
             except HttpError as exc:
                 raise PermanentError(f"ShotGrid refused {what} ('{data['code']}'): {exc.message}") from None
-        if job.state.get(id_key) != rid:
-            job.remember(**{id_key: rid})
-        return rid
+
+        def found() -> int | None:
+            rec = find()
+            return rec["id"] if rec else None
+        return create_once(job, id_key, sent_key, found, create)
 
     def _version_data(self, p: Publish, project: dict[str, Any], entity: dict[str, Any] | None,
                       task: dict[str, Any] | None, pf: dict[str, Any]) -> dict[str, Any]:
@@ -674,10 +585,9 @@ class ShotGridBackend(Backend):
     def _thumbnail(self, job: Job, p: Publish, targets: list[dict[str, Any]]) -> None:
         """Upload a thumbnail to the publish (and its Version). A refusal or a failing command is
         logged, not fatal: the publish itself exists; a transient error retries the job."""
-        frames = p.frame_numbers()
-        source = p.frame_path(frames[len(frames) // 2]) if frames else p.path
+        source = p.middle_frame_path()
         with tempfile.TemporaryDirectory(prefix="watcher-thumb-") as tmp:
-            image = self._thumbnail_image(source, p, tmp)
+            image = self._thumbnail_image(source, p, tmp) if source else None
             if image is None:
                 job.remember(thumbnail_done=True)
                 return
@@ -711,37 +621,32 @@ class ShotGridBackend(Backend):
     # ---- check ----------------------------------------------------------------------------------
     def check(self) -> list[CheckResult]:
         s = self.settings
-        out: list[CheckResult] = []
-        try:
-            self.client.authenticate()
-            out.append(CheckResult(True, "credentials", f"{self.client.who} at {self.client.site}"))
-        except PublishError as exc:
-            return [CheckResult(False, "credentials", exc.message)]
-        out += self._check_step("project", self._check_project)
-        names = list(dict.fromkeys(list(s.publish_types) + list(getattr(self.context, "publish_types", None) or [])))
+        out = [check_step("credentials", self._check_credentials)]
+        if not out[0].ok:
+            return out
+        out.append(check_step("project", self._check_project))
+        names = list(dict.fromkeys([*s.publish_types, *self.context.publish_types]))
         for name in names:
-            out += self._check_step(f"publish type '{name}'", lambda n=name: self._check_type(n))
+            out.append(check_step(f"publish type '{name}'", lambda n=name: self._check_type(n)))
         if not names:
-            out += self._check_step("publish types", self._check_types_readable)
+            out.append(check_step("publish types", self._check_types_readable))
         for root_name, root_path in sorted(self.context.roots.items()):
-            out += self._check_step(f"local storage for root '{root_name}'",
-                                    lambda r=root_name, pth=root_path: self._check_storage(r, str(pth)))
+            out.append(check_step(f"local storage for root '{root_name}'",
+                                  lambda r=root_name, pth=root_path: self._check_storage(r, str(pth))))
         if s.created_by is not None:
-            out += self._check_step(f"created_by HumanUser {s.created_by}", self._check_user)
+            out.append(check_step(f"created_by HumanUser {s.created_by}", self._check_user))
         fields = [("PublishedFile", f) for f in ([s.frame_range_field] if s.frame_range_field else [])
                   + list(s.extra_fields)]
         if s.version_for_review:
             fields += [("Version", f) for f in ("sg_path_to_frames", "sg_first_frame", "sg_last_frame",
                                                 "frame_range", "published_files")]
         for etype, fname in fields:
-            out += self._check_step(f"field {etype}.{fname}", lambda e=etype, f=fname: self._check_field(e, f))
+            out.append(check_step(f"field {etype}.{fname}", lambda e=etype, f=fname: self._check_field(e, f)))
         return out
 
-    def _check_step(self, what: str, fn: Callable[[], str]) -> list[CheckResult]:
-        try:
-            return [CheckResult(True, what, fn())]
-        except PublishError as exc:
-            return [CheckResult(False, what, exc.message)]
+    def _check_credentials(self) -> str:
+        self.client.authenticate()
+        return f"{self.client.who} at {self.client.site}"
 
     def _check_project(self) -> str:
         if self.settings.project is None:
@@ -788,13 +693,6 @@ class ShotGridBackend(Backend):
 
     def close(self) -> None:
         self.client.close()
-
-
-def _relative_to(path: Path | None, base: Path) -> Path | None:
-    if path is None:
-        return None
-    path = path.expanduser()
-    return path if path.is_absolute() else Path(base) / path
 
 
 def _norm_path(path: str) -> str:

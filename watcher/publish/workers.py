@@ -1,7 +1,10 @@
 """Publisher workers: a bounded pool that claims due rows from the journal, hands them to the
 backend and records the outcome. Each outcome is one guarded journal transition, so a crash at
 any point leaves a row that the next start resumes (``publishing`` rows come back
-``uncertain`` and the backend looks before it creates)."""
+``uncertain`` and the backend looks before it creates).
+
+The pool owns its claims: a keeper thread renews the leases of what it holds and takes back rows
+whose agent died (a killed process here, another machine sharing a PostgreSQL journal)."""
 from __future__ import annotations
 
 import logging
@@ -11,7 +14,9 @@ from collections import Counter
 from typing import Callable
 
 from ..errors import PermanentError, PublishError
-from ..journal.base import Journal, Row, TransitionError
+from ..agent import alive
+from ..journal.base import Row, TransitionError
+from ..journal.ledger import Journal
 from ..model import Job
 from .base import Backend
 from .retry import backoff_delay
@@ -22,7 +27,7 @@ log = logging.getLogger("watcher.publish")
 class Publishers:
     def __init__(self, journal: Journal, backend: Backend, agent: str, *, workers: int = 4, max_attempts: int = 8,
                  retry_base: float = 2.0, retry_cap: float = 600.0, lease_seconds: float = 900.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, agent_alive: Callable[[str], bool] = alive) -> None:
         self.journal, self.backend, self.agent = journal, backend, agent
         self.max_attempts, self.retry_base, self.retry_cap = max_attempts, retry_base, retry_cap
         self.lease_seconds = lease_seconds
@@ -33,11 +38,39 @@ class Publishers:
         self._serial: Counter[str] = Counter()
         self.published = 0
         self.failed = 0
+        self._alive = agent_alive
         self.threads = [threading.Thread(target=self._run, name=f"publisher-{i}", daemon=True) for i in range(workers)]
+        self._keeper = threading.Thread(target=self._keep_leases, name="publisher-leases", daemon=True)
 
     def start(self) -> None:
+        """Take back what a dead agent left mid-flight, then start claiming."""
+        recovered = self.journal.recover(self.agent, self._clock(), self._alive)
+        if recovered:
+            log.warning("journal: %d publish(es) were interrupted mid-flight; resuming them (the backend looks "
+                        "for what they may have created first)", recovered)
         for t in self.threads:
             t.start()
+        self._keeper.start()
+
+    def _keep_leases(self) -> None:
+        """Renew our leases well before they run out, and recover rows of dead agents."""
+        while True:
+            with self._cv:
+                if self._halt or self._cv.wait_for(lambda: self._halt, self.lease_seconds / 6):
+                    return
+            now = self._clock()
+            for row_id in self.inflight():
+                try:
+                    self.journal.renew(row_id, self.agent, now + self.lease_seconds)
+                except TransitionError:
+                    pass  # it finished meanwhile
+                except Exception:
+                    log.warning("journal: cannot renew the lease of publish %d", row_id, exc_info=True)
+            try:
+                if self.journal.recover(self.agent, now, self._alive):
+                    self.wake()
+            except Exception:
+                log.warning("journal: recovery of stale publishes failed", exc_info=True)
 
     def wake(self) -> None:
         with self._cv:
@@ -60,7 +93,10 @@ class Publishers:
             self._cv.notify_all()
         deadline = time.monotonic() + grace
         for t in self.threads:
-            t.join(max(0.0, deadline - time.monotonic()))
+            if t.is_alive():
+                t.join(max(0.0, deadline - time.monotonic()))
+        if self._keeper.is_alive():
+            self._keeper.join(2.0)
         parked = []
         with self._cv:
             stuck = list(self._inflight)

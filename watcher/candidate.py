@@ -1,6 +1,7 @@
-"""Group matched files into candidates: the frames of one sequence (same root, template and
-fields except the frame key, same padding) are ONE candidate; any other file is a candidate of
-one. A candidate becomes a ``Publish`` once it has settled."""
+"""Candidates: what may become one publish. The frames of one sequence (same root, template and
+fields except the frame key, same padding) share ONE candidate key; any other file is a
+candidate of one. The settle stage groups files under their key; a settled candidate becomes a
+``Publish`` here."""
 from __future__ import annotations
 
 import json
@@ -11,6 +12,15 @@ from typing import Any
 from fileseq import FrameSet
 
 from .model import Entity, Publish
+
+
+@dataclass(frozen=True)
+class Windows:
+    """How long a candidate must be quiet before it counts as complete."""
+
+    settle: float  # file quiet window, seconds
+    sequence: float  # sequence quiet window, seconds
+    open_timeout: float  # a file created but never closed counts as closed after this quiet time
 
 
 @dataclass(slots=True)
@@ -33,12 +43,24 @@ class RootScope:
     project: str | None = None
     entity: Entity | None = None
 
+    def entity_for(self, rule: Any) -> Entity | None:
+        """The root's pinned entity (a vendor drop folder), else the publishes rule's."""
+        if self.entity is not None:
+            return self.entity
+        if rule.entity_type and rule.entity_name is not None:
+            return Entity(rule.entity_type, str(rule.entity_name))
+        return None
+
+    def project_for(self, rule: Any) -> str | None:
+        return self.project or rule.project
+
 
 @dataclass
 class Candidate:
     key: str
     scope: RootScope
     match: Any  # watcher.match.Match of the first file seen
+    windows: Windows
     files: dict[str, FileState] = field(default_factory=dict)
     last_arrival: float = 0.0  # monotonic: when the newest member joined (sequence quiet window)
     deadline: float = 0.0
@@ -91,13 +113,11 @@ def build_publish(cand: Candidate, *, key: str | None = None, version: int | Non
         count = len(nums)
     else:
         path = next(iter(members))
-    entity = cand.scope.entity or (Entity(spec.entity_type, str(spec.entity_name))
-                                   if spec.entity_type and spec.entity_name is not None else None)
     return Publish(
         key=key or cand.key, root=cand.scope.name, root_path=cand.scope.path, template=m.template, path=path,
         name=spec.name, publish_type=spec.publish_type,
         version=version if version is not None else spec.version,
-        entity=entity, task=spec.task, project=cand.scope.project or spec.project,
+        entity=cand.scope.entity_for(spec), task=spec.task, project=cand.scope.project_for(spec),
         frames=frames, missing_frames=missing, frame_count=count,
         padding=m.padding if cand.is_sequence else 0, size=size, mtime=mtime,
         fields=fields, review=spec.review,

@@ -1,0 +1,303 @@
+"""The plumbing every HTTP tracker backend (ShotGrid, ftrack, Kitsu) needs, written once so that
+the settings mean the same thing everywhere and a fix lands in all three.
+
+A backend module keeps what is its own: the wire format, the record model and its exactly-once
+strategy. From here it takes:
+
+- ``TrackerSettings``: ``timeout``, ``retries``, ``backoff_base``, ``backoff_cap``, ``ca_bundle``,
+  ``verify_tls``, ``cache_ttl`` with one meaning each; ``tracker_http()`` turns them into the
+  shared ``HttpClient`` (TLS rule: ``verify_tls: false`` > ``ca_bundle`` > system CAs);
+- ``config_path()`` for paths relative to the configuration file, ``Scrubber`` so no message can
+  carry a configured secret;
+- ``LookupCache``: positive lookups for ``cache_ttl`` seconds (cachetools' ``TTLCache``);
+- ``BearerAuth``: a bearer token kept, renewed before expiry and once after a 401;
+- ``check_step()``, ``create_once()``, ``project_of()`` / ``field_value()`` and ``MOVIE_EXTENSIONS``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import re
+import threading
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Hashable, Iterable
+
+from cachetools import TTLCache
+from pydantic import Field
+
+from ..errors import ConfigError, PermanentError, PublishError
+from ..model import Job, Publish
+from .base import BackendSettings, CheckResult
+from .http import HttpClient, HttpError
+
+log = logging.getLogger(__name__)
+
+#: Extensions played as movies (a ShotGrid Version's ``sg_path_to_movie``, a Kitsu preview).
+MOVIE_EXTENSIONS = frozenset({"mov", "mp4", "m4v", "avi", "mkv", "webm", "wmv"})
+
+#: Template keys naming a publish's parents, most specific spelling first.
+SEQUENCE_KEYS = ("Sequence", "sequence", "seq", "sg_sequence")
+EPISODE_KEYS = ("Episode", "episode", "ep", "sg_episode")
+ASSET_TYPE_KEYS = ("AssetType", "asset_type", "sg_asset_type", "assettype")
+
+
+class TrackerSettings(BackendSettings):
+    """Settings every HTTP tracker shares. A backend's ``Settings`` subclasses this and
+    overrides a default where its tracker needs another (ftrack: slower server, longer timeout)."""
+
+    timeout: float = Field(30.0, gt=0)  # seconds, on every request
+    retries: int = Field(3, ge=0)  # per request, on 429/5xx/connection errors
+    backoff_base: float = Field(0.5, ge=0)  # seconds, doubled per retry, with jitter
+    backoff_cap: float = Field(30.0, ge=0)  # longest wait between two retries
+    verify_tls: bool = True  # false: no certificate check at all (a warning is logged)
+    ca_bundle: Path | None = None  # PEM file of the studio CA; relative to the configuration file
+    cache_ttl: float = Field(300.0, ge=0)  # seconds a looked-up record stays cached; 0: no cache
+
+
+def no_blank_values(mapping: dict[str, str]) -> dict[str, str]:
+    """For a name mapping setting (``task_types``, ``asset_types``...): a blank name would match
+    nothing on the tracker, so refuse it at start-up rather than at the first publish."""
+    for key, value in mapping.items():
+        if not str(value).strip():
+            raise ValueError(f"{key!r} maps to an empty name")
+    return mapping
+
+
+def config_path(path: Path | str | None, config_dir: Path) -> Path | None:
+    """``path`` with ``~`` expanded, relative paths read from the configuration file's folder
+    (so a config works wherever the service starts)."""
+    if path is None:
+        return None
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else Path(config_dir) / p
+
+
+def tls_verify(settings: TrackerSettings, config_dir: Path) -> bool | str:
+    """What ``requests`` gets as ``verify``: False when ``verify_tls`` is off, else the CA bundle
+    when one is set (it must be a file), else True (the system's CAs)."""
+    if not settings.verify_tls:
+        log.warning("tracker.verify_tls is false: the tracker's TLS certificate is NOT checked%s; "
+                    "set tracker.ca_bundle to your studio CA instead",
+                    " (tracker.ca_bundle is ignored)" if settings.ca_bundle is not None else "")
+        return False
+    bundle = config_path(settings.ca_bundle, config_dir)
+    if bundle is None:
+        return True
+    if not bundle.is_file():
+        raise ConfigError(f"tracker.ca_bundle: {bundle} is not a file; point it at the PEM file of your "
+                          "studio CA (a relative path is read from the configuration file's folder)")
+    return str(bundle)
+
+
+class Scrubber:
+    """Replaces the configured secrets by ``***`` in text, and in any str/list/dict value
+    (a server may echo a submitted credential in its error body).
+
+    A secret shorter than ``SHORT`` characters is masked only where it stands alone: masking
+    every ``t`` of a one-letter test token would garble the message and hide nothing."""
+
+    MASK = "***"
+    SHORT = 8
+
+    def __init__(self, *secrets: str | None) -> None:
+        found = sorted({s for s in secrets if s}, key=len, reverse=True)
+        self._pattern = re.compile("|".join(
+            re.escape(s) if len(s) >= self.SHORT else rf"(?<!\w){re.escape(s)}(?!\w)" for s in found)) if found else None
+
+    def __call__(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self._pattern.sub(self.MASK, value) if self._pattern else value
+        if isinstance(value, dict):
+            return {self(k): self(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(self(v) for v in value)
+        return value
+
+
+def tracker_http(settings: TrackerSettings, config_dir: Path, base_url: str, *, scrub: Scrubber,
+                 headers: dict[str, str] | None = None,
+                 describe_error: Callable[[int, Any], str] | None = None) -> HttpClient:
+    """The shared transport configured from the common settings; every error it raises has
+    passed through ``scrub``."""
+    return HttpClient(base_url, timeout=settings.timeout, verify=tls_verify(settings, config_dir),
+                      retries=settings.retries, backoff_base=settings.backoff_base,
+                      backoff_cap=settings.backoff_cap, headers=headers, describe_error=describe_error,
+                      scrub=scrub)
+
+
+_MISS = object()
+
+
+class LookupCache:
+    """Positive lookups (projects, entities, types...) kept for ``ttl`` seconds. A miss is not
+    kept, so a record created on the tracker meanwhile is found on the next ask. Thread-safe:
+    the publisher workers share one backend."""
+
+    def __init__(self, ttl: float, *, maxsize: int = 10_000, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl = ttl
+        self._data: TTLCache[Hashable, Any] | None = TTLCache(maxsize, ttl, timer=clock) if ttl > 0 else None
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable, default: Any = None) -> Any:
+        if self._data is None:
+            return default
+        with self._lock:
+            return self._data.get(key, default)
+
+    def put(self, key: Hashable, value: Any) -> Any:
+        """Keep ``value`` unless it is None (a miss); returns it, so ``return cache.put(k, v)``."""
+        if value is not None and self._data is not None:
+            with self._lock:
+                self._data[key] = value
+        return value
+
+    def fetch(self, key: Hashable, load: Callable[[], Any], *, fresh: bool = False) -> Any:
+        """The cached value, else ``load()`` (kept when not None). ``fresh`` skips the cache."""
+        if not fresh:
+            hit = self.get(key, _MISS)
+            if hit is not _MISS:
+                return hit
+        return self.put(key, load())
+
+    def drop(self, match: Callable[[Hashable], bool] = lambda _key: True) -> None:
+        """Forget the keys ``match`` selects (all by default), e.g. after creating a record."""
+        if self._data is None:
+            return
+        with self._lock:
+            for key in [k for k in list(self._data.keys()) if match(k)]:
+                self._data.pop(key, None)
+
+
+@dataclass(frozen=True)
+class Token:
+    access: str
+    refresh: str | None = None
+    expires_at: float = math.inf  # on the clock of the BearerAuth that fetched it
+
+
+class BearerAuth(ABC):
+    """Bearer-token requests: the token is kept, renewed before it expires and once after a
+    401 (refresh token first, then the credentials). A second refusal is permanent, in the
+    tracker's words (``refused``). Thread-safe; one renewal when several threads see the 401."""
+
+    renewable = True  # False for a fixed token (a Kitsu bot): a 401 cannot be helped
+
+    def __init__(self, http: HttpClient, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.http = http
+        self._clock = clock
+        self._token: Token | None = None
+        self._token_lock = threading.Lock()
+
+    @abstractmethod
+    def login(self) -> Token:
+        """A new token from the configured credentials."""
+
+    def refresh(self, refresh_token: str) -> Token | None:
+        """A new token from a refresh token; None (or a PermanentError) falls back to ``login``."""
+        return None
+
+    @abstractmethod
+    def refused(self, exc: HttpError, method: str, path: str) -> PublishError:
+        """The error for a request refused even with a fresh token."""
+
+    def is_auth_failure(self, exc: HttpError) -> bool:
+        return exc.status == 401
+
+    def authenticate(self) -> None:
+        """Log in now (``watcher check``), whatever token is held."""
+        with self._token_lock:
+            self._token = self.login()
+
+    def token(self, *, stale: str | None = None) -> str:
+        """A live access token. ``stale``: the token a 401 just refused (renewed unless another
+        thread already did)."""
+        with self._token_lock:
+            tok = self._token
+            if tok is not None and tok.access != stale and self._clock() < tok.expires_at:
+                return tok.access
+            new = None
+            if tok is not None and tok.refresh:
+                try:
+                    new = self.refresh(tok.refresh)
+                except PermanentError:
+                    new = None  # refresh refused: fall back to the credentials
+            self._token = new or self.login()
+            return self._token.access
+
+    def request(self, method: str, path: str, *, retry: bool = True, **kwargs: Any) -> Any:
+        """``HttpClient.request`` with the token; a 401 renews it once, a second is permanent."""
+        headers = dict(kwargs.pop("headers", None) or {})
+        stale: str | None = None
+        for attempt in (0, 1):
+            tok = self.token(stale=stale)
+            try:
+                return self.http.request(method, path, retry=retry,
+                                         headers={**headers, "Authorization": f"Bearer {tok}"}, **kwargs)
+            except HttpError as exc:
+                if not self.is_auth_failure(exc):
+                    raise
+                if attempt or not self.renewable:
+                    raise self.refused(exc, method, path) from None
+                stale = tok
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+def check_step(what: str, step: Callable[[], str | None]) -> CheckResult:
+    """One ``watcher check`` line: ``step`` returns the detail, or raises with the tracker's
+    words (a PublishError, or a ConfigError for a setting it cannot use)."""
+    try:
+        return CheckResult(True, what, step() or "")
+    except (PublishError, ConfigError) as exc:
+        return CheckResult(False, what, str(exc))
+
+
+def create_once(job: Job, id_key: str, sent_key: str, find: Callable[[], Any | None],
+                create: Callable[[], Any]) -> Any:
+    """Create one record exactly once across attempts, for a tracker with no uniqueness of its
+    own. The id is journaled under ``id_key``; ``sent_key`` is journaled before the create goes
+    out, so after an uncertain outcome (or a create whose answer was lost) ``find()`` runs
+    first and the create is never resent blindly. ``find``/``create`` return the record's id."""
+    rid = job.state.get(id_key)
+    if rid is None and (job.uncertain or job.state.get(sent_key)):
+        rid = find()
+    if rid is None:
+        job.remember(**{sent_key: True})
+        rid = create()
+    if job.state.get(id_key) != rid:
+        job.remember(**{id_key: rid})
+    return rid
+
+
+def field_value(fields: dict[str, Any], keys: Iterable[str]) -> str | None:
+    """The first non-empty template field among ``keys``; exact spelling first, then any case."""
+    lower = {str(k).lower(): v for k, v in fields.items()}
+    for key in keys:
+        value = fields.get(key, lower.get(key.lower()))
+        if value not in (None, ""):
+            return str(value)
+    return None
+
+
+def project_of(p: Publish, setting: int | str | None, *, key: str | None = None) -> int | str:
+    """The project a publish goes to: the template key ``key`` when its fields give it, else
+    the publishes rule's project, else ``tracker.project`` (``setting``)."""
+    if key:
+        value = field_value(p.fields, (key,))
+        if value:
+            return value
+    if p.project:
+        return p.project
+    if setting not in (None, ""):
+        return setting  # type: ignore[return-value]
+    tried = ([f"its path gives no template key '{key}'"] if key else []) + \
+        ["its publishes rule names no project", "tracker.project is not set"]
+    raise PermanentError(f"no project for {p.path}: " + ", ".join(tried)
+                         + "; set tracker.project or name the project in the publishes rule")
+
+
+__all__ = ["TrackerSettings", "no_blank_values", "config_path", "tls_verify", "Scrubber", "tracker_http", "LookupCache", "Token",
+           "BearerAuth", "check_step", "create_once", "field_value", "project_of", "MOVIE_EXTENSIONS",
+           "SEQUENCE_KEYS", "EPISODE_KEYS", "ASSET_TYPE_KEYS"]
