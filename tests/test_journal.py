@@ -417,8 +417,6 @@ def test_pg_two_agents_publish_each_row_once_through_the_pipeline(pg_url):
     from watcher.publish.workers import Publishers
 
     seed = PostgresJournal(pg_url)
-    for i in range(60):
-        seed.add(pub(key=f"shows:render:{i}"), [])
     agents = []
     for n in range(2):
         j = PostgresJournal(pg_url)
@@ -426,15 +424,19 @@ def test_pg_two_agents_publish_each_row_once_through_the_pipeline(pg_url):
         agents.append((j, Publishers(j, backend, f"host{n}:{n}:0", workers=2)))
     for _, p in agents:
         p.start()
-    deadline = time.monotonic() + 20
-    while seed.counts()["published"] < 60 and time.monotonic() < deadline:
+    n = 600
+    for i in range(0, n, 20):  # rows arrive while both agents claim in batches
+        seed.add_many([(pub(key=f"shows:render:{k}"), []) for k in range(i, i + 20)])
+        time.sleep(0.05)
+    deadline = time.monotonic() + 30
+    while seed.counts()["published"] < n and time.monotonic() < deadline:
         time.sleep(0.05)
     for j, p in agents:
         p.stop(grace=5)
         j.close()
-    assert seed.counts() == {"pending": 0, "publishing": 0, "published": 60, "failed": 0}
-    assert sum(p.published for _, p in agents) == 60 and all(p.published for _, p in agents)
-    assert len(Registry(pg_url).entries()) == 60 and len({r.tracker_id for r in seed.rows()}) == 60
+    assert seed.counts() == {"pending": 0, "publishing": 0, "published": n, "failed": 0}
+    assert sum(p.published for _, p in agents) == n and all(p.published for _, p in agents)
+    assert len(Registry(pg_url).entries()) == n and len({r.tracker_id for r in seed.rows()}) == n
     seed.close()
 
 

@@ -17,6 +17,7 @@ from typing import Any, Callable
 from .candidate import Candidate, build_publish, candidate_key
 from .events import DirListed, Event, FsEvent, Kind, ScanDone
 from .ignore import COOKIE_PREFIX
+from .errors import JournalError
 from .journal.base import FileRecord, Row, Status, TransitionError
 from .journal.ledger import Journal
 from .model import Publish
@@ -134,8 +135,9 @@ class Pipeline(threading.Thread):
                 ev = self.events.get_nowait()
             except queue.Empty:
                 break
-        for cand in self.settler.due():
-            self.commit(cand)
+        due = self.settler.due()
+        if due:
+            self.commit(due)
 
     def handle(self, ev: Event) -> None:
         r = self.roots.get(ev.root)
@@ -216,20 +218,39 @@ class Pipeline(threading.Thread):
         self.settler.offer(self._keys.key(r.name, m), r.scope, m, r.windows, path, kind, synthetic=synthetic, st=st)
 
     # -- commit ------------------------------------------------------------------------------
-    def commit(self, cand: Candidate) -> None:
-        """A settled candidate goes into the journal (before anything is sent), or, when its
-        key is journaled already, through the root's republish policy."""
-        if cand.is_sequence and self._incomplete_view(cand):
-            self.settler.hold(cand, 0.05)
+    def commit(self, cands: list[Candidate]) -> None:
+        """Settled candidates go into the journal (before anything is sent): the new ones in one
+        transaction (group commit), those whose key is journaled already through the root's
+        republish policy."""
+        ready = []
+        for cand in cands:
+            if cand.is_sequence and self._incomplete_view(cand):
+                self.settler.hold(cand, 0.05)
+            else:
+                ready.append(cand)
+        if not ready:
             return
-        files = [FileRecord(os.path.dirname(p), os.path.basename(p), f.size, f.mtime_ns) for p, f in cand.files.items()]
         try:
-            row = self.journal.by_key(cand.key)
-            if row is None:
-                _, created = self.journal.add(build_publish(cand), files)
-                self.committed += created
+            rows = self.journal.by_keys([c.key for c in ready])
+            new = [c for c in ready if c.key not in rows]
+            if new:
+                added = self.journal.add_many([(build_publish(c), _records(c)) for c in new])
+                self.committed += sum(created for _, created in added)
                 self.on_journaled()
-                return
+        except JournalError:
+            log.exception("journal: cannot record %d settled candidate(s); trying again in 5 s", len(ready))
+            for cand in ready:
+                self.settler.hold(cand, 5.0)
+            return
+        for cand in ready:
+            row = rows.get(cand.key)
+            if row is not None:
+                self._commit_known(cand, row)
+
+    def _commit_known(self, cand: Candidate, row: Row) -> None:
+        """A candidate whose key the journal holds: seen again, or changed since."""
+        files = _records(cand)
+        try:
             known = self.journal.files_of(row.id)
             changed = [p for p, f in cand.files.items() if known.get(p) != (f.size, f.mtime_ns)]
             if not changed:
@@ -245,6 +266,9 @@ class Pipeline(threading.Thread):
             self._republish(row, cand, files, extra, changed)
         except TransitionError:
             self.settler.hold(cand, 1.0)
+        except JournalError as exc:
+            log.error("journal: cannot record %s: %s; trying again in 5 s", row.publish.path, exc)
+            self.settler.hold(cand, 5.0)
 
     def _incomplete_view(self, cand: Candidate) -> bool:
         """More frames of this sequence may be on their way: a scan is still listing its
@@ -275,6 +299,10 @@ class Pipeline(threading.Thread):
                         row.publish.path, what, version)
             self.journal.add(build_publish(cand, key=key, version=version, extra_files=extra), files)
             self.on_journaled()
+
+
+def _records(cand: Candidate) -> list[FileRecord]:
+    return [FileRecord(os.path.dirname(p), os.path.basename(p), f.size, f.mtime_ns) for p, f in cand.files.items()]
 
 
 def dry_run(roots: list[RootRuntime], journal: Journal) -> tuple[list[Publish], ScanStats]:

@@ -134,6 +134,49 @@ MIGRATIONS: list[str] = [
         payload {json} NOT NULL
     )
     """,
+    # webhook deliveries (watcher/webhooks.py): one row per (publish, URL), written in the same
+    # transaction as the publish's `published`, so an outage or a restart loses none
+    """
+    CREATE TABLE deliveries (
+        id {id},
+        delivery_id {text} NOT NULL UNIQUE,
+        publish_id {bigint} NOT NULL,
+        url TEXT NOT NULL,
+        payload {json} NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('pending', 'delivered', 'failed')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at {real},
+        last_error TEXT,
+        agent TEXT,
+        lease_until {real},
+        created_at {real} NOT NULL,
+        delivered_at {real}
+    );
+    CREATE INDEX deliveries_due ON deliveries (status, next_attempt_at, id)
+    """,
+    # files that matched no template or were ignored, with their reason (watcher/unmatched.py):
+    # one row per file, bounded per root; unmatched_dropped counts what the bound dropped
+    """
+    CREATE TABLE unmatched (
+        path {text} NOT NULL PRIMARY KEY,
+        root {text} NOT NULL,
+        arrived_at {real} NOT NULL,
+        updated_at {real} NOT NULL,
+        closest TEXT,
+        reason TEXT NOT NULL
+    );
+    CREATE INDEX unmatched_root ON unmatched (root, arrived_at);
+    CREATE INDEX unmatched_arrived ON unmatched (arrived_at);
+    CREATE TABLE unmatched_dropped (
+        root {text} NOT NULL PRIMARY KEY,
+        dropped {bigint} NOT NULL DEFAULT 0,
+        last_at {real}
+    )
+    """,
+    # a publish that took an existing tracker record of the same file instead of creating one
+    """
+    ALTER TABLE publishes ADD COLUMN adopted {bool} NOT NULL DEFAULT FALSE
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -166,7 +209,7 @@ TRANSITIONS: dict[str, Transition] = {
     "claim": Transition((P.PENDING,), P.PUBLISHING, "agent=?, lease_until=?", False, "publishing"),
     "renew": Transition((P.PUBLISHING,), None, "lease_until=?", True, None),
     "published": Transition((P.PUBLISHING,), P.PUBLISHED,
-                            "tracker=?, tracker_id=?, tracker_url=?, published_at=?, last_error=NULL, "
+                            "tracker=?, tracker_id=?, tracker_url=?, published_at=?, adopted=?, last_error=NULL, "
                             "uncertain=FALSE, attempts=attempts+1, agent=NULL, lease_until=NULL", True, "published"),
     "retry_later": Transition((P.PUBLISHING,), P.PENDING,
                               "last_error=?, next_attempt_at=?, attempts=attempts+1, uncertain=TRUE, agent=NULL, "
@@ -186,7 +229,7 @@ TRANSITIONS: dict[str, Transition] = {
 del P
 
 COLUMNS = ("id, key, status, payload, attempts, uncertain, last_error, next_attempt_at, tracker, tracker_id, "
-           "tracker_url, state, created_at, updated_at, published_at, revision")
+           "tracker_url, state, created_at, updated_at, published_at, revision, adopted")
 
 
 class Journal:
@@ -205,7 +248,7 @@ class Journal:
         return Row(id=r[0], key=r[1], status=Status(r[2]), publish=Publish.from_dict(load(r[3])), attempts=r[4],
                    uncertain=bool(r[5]), last_error=r[6], next_attempt_at=r[7], tracker=r[8], tracker_id=r[9],
                    tracker_url=r[10], state=(load(r[11]) if r[11] else None) or {}, created_at=r[12],
-                   updated_at=r[13], published_at=r[14], revision=r[15])
+                   updated_at=r[13], published_at=r[14], revision=r[15], adopted=bool(r[16]))
 
     def _event(self, cur: Cursor, publish_id: int, status: str, message: str | None = None) -> None:
         cur.execute("INSERT INTO events (publish_id, at, status, message) VALUES (?,?,?,?)",
@@ -249,27 +292,28 @@ class Journal:
     def add(self, publish: Publish, files: Iterable[FileRecord]) -> tuple[Row, bool]:
         """Record a candidate as ``pending`` (or return the row that already holds its key).
         Returns (row, created)."""
-        [(row, created)] = self.add_many([(publish, list(files))])
-        return row, created
+        [(row_id, created)] = self.add_many([(publish, list(files))])
+        return self.db.read(lambda cur: self._get(cur, row_id)), created
 
-    def add_many(self, items: list[tuple[Publish, list[FileRecord]]]) -> list[tuple[Row, bool]]:
-        """``add`` for a batch, in one transaction (group commit)."""
-        def run(cur: Cursor) -> list[tuple[Row, bool]]:
+    def add_many(self, items: list[tuple[Publish, list[FileRecord]]]) -> list[tuple[int, bool]]:
+        """``add`` for a batch, in one transaction (group commit): [(row id, created)]."""
+        def run(cur: Cursor) -> list[tuple[int, bool]]:
             out = []
             now = self._clock()
             for publish, files in items:
                 # ON CONFLICT waits for a concurrent insert of the same key, then yields nothing.
                 new = cur.execute(
-                    f"INSERT INTO publishes (key, status, payload, created_at, updated_at, next_attempt_at) "
-                    f"VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING RETURNING {COLUMNS}",
+                    "INSERT INTO publishes (key, status, payload, created_at, updated_at, next_attempt_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING RETURNING id",
                     (publish.key, Status.PENDING.value, self._j(publish.to_dict()), now, now, now)).fetchone()
                 if new is None:
-                    hit = cur.execute(f"SELECT {COLUMNS} FROM publishes WHERE key=?", (publish.key,)).fetchone()
-                    out.append((self._row(hit), False))
+                    out.append((cur.execute("SELECT id FROM publishes WHERE key=?", (publish.key,)).fetchone()[0],
+                                False))
                     continue
                 self._files(cur, new[0], files)
-                self._event(cur, new[0], Status.PENDING.value)
-                out.append((self._row(new), True))
+                out.append((new[0], True))
+            cur.executemany("INSERT INTO events (publish_id, at, status, message) VALUES (?,?,?,?)",
+                            [(row_id, now, Status.PENDING.value, None) for row_id, created in out if created])
             return out
 
         return self.db.write(run) if items else []
@@ -287,30 +331,67 @@ class Journal:
         return self.db.write(run)
 
     def claim(self, agent: str, now: float, lease_seconds: float) -> Row | None:
-        """Take the next due ``pending`` row under a lease. On PostgreSQL the sub-select skips
-        rows other agents are claiming right now, so agents never wait on each other."""
+        """Take the next due ``pending`` row under a lease."""
+        rows = self.claim_many(agent, now, lease_seconds, 1)
+        return rows[0] if rows else None
+
+    def claim_many(self, agent: str, now: float, lease_seconds: float, limit: int) -> list[Row]:
+        """Take up to ``limit`` due ``pending`` rows under a lease, oldest due first, in one
+        transaction. On PostgreSQL the sub-select skips rows other agents are claiming right
+        now, so agents never wait on each other and never take the same row."""
         t = TRANSITIONS["claim"]
 
-        def run(cur: Cursor) -> Row | None:
-            r = cur.execute(
-                f"UPDATE publishes SET {t.sets}, status=?, updated_at=? WHERE status=? AND id = ("
-                f"SELECT id FROM publishes WHERE status=? AND next_attempt_at<=? ORDER BY next_attempt_at, id "
-                f"LIMIT 1{self.db.dialect.lock_rows}) RETURNING {COLUMNS}",
-                (agent, now + lease_seconds, Status.PUBLISHING.value, now, Status.PENDING.value,
-                 Status.PENDING.value, now)).fetchone()
-            if r is None:
-                return None
-            self._event(cur, r[0], t.event or "", agent)
-            return self._row(r)
+        def run(cur: Cursor) -> list[Row]:
+            # MATERIALIZED: the pick runs once. Inlined as a sub-select, PostgreSQL may run it again
+            # per row, and SKIP LOCKED then skips the rows it just locked and picks more.
+            rows = cur.execute(
+                f"WITH picked AS MATERIALIZED (SELECT id FROM publishes WHERE status=? AND next_attempt_at<=? "
+                f"ORDER BY next_attempt_at, id LIMIT ?{self.db.dialect.lock_rows}) "
+                f"UPDATE publishes SET {t.sets}, status=?, updated_at=? WHERE status=? AND id IN "
+                f"(SELECT id FROM picked) RETURNING {COLUMNS}",
+                (Status.PENDING.value, now, limit, agent, now + lease_seconds, Status.PUBLISHING.value, now,
+                 Status.PENDING.value)).fetchall()
+            at = self._clock()
+            cur.executemany("INSERT INTO events (publish_id, at, status, message) VALUES (?,?,?,?)",
+                            [(r[0], at, t.event, agent) for r in rows])
+            return sorted((self._row(r) for r in rows), key=lambda r: (r.next_attempt_at or 0, r.id))
 
         return self.db.write(run)
 
     def renew(self, row_id: int, agent: str, until: float) -> None:
         self.db.write(lambda cur: self._move(cur, "renew", row_id, (until,), agent=agent))
 
-    def published(self, row_id: int, agent: str, tracker: str, ref: TrackerRef) -> None:
-        self.db.write(lambda cur: self._move(cur, "published", row_id, (tracker, ref.id, ref.url, self._clock()),
-                                             agent=agent, message=f"{tracker} {ref.id}"))
+    def published(self, row_id: int, agent: str, tracker: str, ref: TrackerRef, *,
+                  then: Callable[[Cursor, Row], None] | None = None) -> None:
+        """``publishing → published``. ``then(cursor, row)`` runs in the same transaction
+        (webhook deliveries are queued there, so they exist exactly when the publish does)."""
+        def run(cur: Cursor) -> None:
+            self._move(cur, "published", row_id, (tracker, ref.id, ref.url, self._clock(), ref.adopted),
+                       agent=agent, message=f"{tracker} {ref.id}" + (" (adopted)" if ref.adopted else ""))
+            if then is not None:
+                then(cur, self._get(cur, row_id))
+
+        self.db.write(run)
+
+    def published_many(self, agent: str, tracker: str, done: list[tuple[int, TrackerRef]], *,
+                       then: Callable[[Cursor, Row], None] | None = None) -> list[int]:
+        """``published`` for a batch in one transaction; returns the ids that had been moved by
+        someone else meanwhile (their outcome is not recorded: the next attempt finds it).
+        ``then(cursor, row)`` runs for each row recorded, in the same transaction (webhooks)."""
+        def run(cur: Cursor) -> list[int]:
+            lost = []
+            for row_id, ref in done:
+                try:
+                    self._move(cur, "published", row_id, (tracker, ref.id, ref.url, self._clock(), ref.adopted), agent=agent,
+                               message=f"{tracker} {ref.id}" + (" (adopted)" if ref.adopted else ""))
+                except TransitionError:
+                    lost.append(row_id)
+                    continue
+                if then is not None:
+                    then(cur, self._get(cur, row_id))
+            return lost
+
+        return self.db.write(run) if done else []
 
     def retry_later(self, row_id: int, agent: str, error: str, at: float) -> None:
         """``publishing → pending`` with the error and the next attempt time; outcome uncertain."""
@@ -398,9 +479,51 @@ class Journal:
             sql += f" LIMIT {int(limit)}"
         return self.db.read(lambda cur: [self._row(r) for r in cur.execute(sql, args).fetchall()])
 
+    def newest(self, *, status: Status | None = None, since: float | None = None, limit: int | None = None,
+               keep: Callable[[Row], bool] = lambda _row: True, page: int = 500) -> list[Row]:
+        """Rows newest first (highest id first), ``status`` and ``since`` (created at or after)
+        in SQL, ``keep`` in Python; paged so that ``limit`` stops the read early."""
+        out: list[Row] = []
+        before: int | None = None
+        while limit is None or len(out) < limit:
+            cond, args = [], []
+            if status is not None:
+                cond.append("status=?")
+                args.append(status.value)
+            if since is not None:
+                cond.append("created_at>=?")
+                args.append(since)
+            if before is not None:
+                cond.append("id<?")
+                args.append(before)
+            sql = (f"SELECT {COLUMNS} FROM publishes" + (" WHERE " + " AND ".join(cond) if cond else "")
+                   + f" ORDER BY id DESC LIMIT {int(page)}")
+            batch = self.db.read(lambda cur: [self._row(r) for r in cur.execute(sql, args).fetchall()])
+            out.extend(r for r in batch if keep(r))
+            if len(batch) < page:
+                break
+            before = batch[-1].id
+        return out if limit is None else out[:limit]
+
+    def oldest_pending(self) -> float | None:
+        """``created_at`` of the oldest row not yet published or failed (None: none)."""
+        return self.db.read(lambda cur: cur.execute(
+            "SELECT MIN(created_at) FROM publishes WHERE status IN (?, ?)",
+            (Status.PENDING.value, Status.PUBLISHING.value)).fetchone()[0])
+
     def by_key(self, key: str) -> Row | None:
         r = self.db.read(lambda cur: cur.execute(f"SELECT {COLUMNS} FROM publishes WHERE key=?", (key,)).fetchone())
         return self._row(r) if r else None
+
+    def by_keys(self, keys: list[str]) -> dict[str, Row]:
+        """``by_key`` for many keys in few round trips (the pipeline's group commit)."""
+        out: dict[str, Row] = {}
+        for i in range(0, len(keys), 500):
+            chunk = keys[i:i + 500]
+            for r in self.db.read(lambda cur: cur.execute(
+                    f"SELECT {COLUMNS} FROM publishes WHERE key IN ({','.join('?' * len(chunk))})", chunk).fetchall()):
+                out[r[1]] = self._row(r)
+        return out
 
     def keys_like(self, prefix: str) -> list[Row]:
         """Rows whose key starts with ``prefix`` (the revisions of one publish)."""

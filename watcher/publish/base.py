@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
+from ..errors import PublishError
 from ..model import Job, TrackerRef
 
 class BackendSettings(BaseModel):
@@ -57,6 +58,20 @@ class Backend(ABC):
         """Register ``job.publish``. Raise ``RetryableError`` for transient failures and
         ``PermanentError`` (with the tracker's own words) for refusals. Must never create a
         second record for the same publish: when ``job.uncertain``, find before create."""
+
+    #: rows a worker claims at once. HTTP trackers take one (a slow call must not hold rows
+    #: that another worker could publish); the local registry writes a batch in one transaction.
+    batch_size: ClassVar[int] = 1
+
+    def publish_batch(self, jobs: list[Job]) -> list[TrackerRef | PublishError]:
+        """``publish`` for several jobs; each result is a ref or the error of that job alone."""
+        out: list[TrackerRef | PublishError] = []
+        for job in jobs:
+            try:
+                out.append(self.publish(job))
+            except PublishError as exc:
+                out.append(exc)
+        return out
 
     def check(self) -> list[CheckResult]:
         """Verify credentials and what the configuration names (``watcher check``)."""

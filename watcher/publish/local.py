@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from ..errors import JournalError, PublishError, RetryableError
 from ..journal import open_database
 from ..journal.ledger import ensure_schema
 from ..model import Job, TrackerRef
@@ -26,12 +27,21 @@ class Registry:
 
     def add(self, key: str, payload: dict[str, Any]) -> tuple[int, float]:
         """Insert once per key (a second call updates the payload); returns (id, created_at)."""
+        [entry] = self.add_many([(key, payload)])
+        return entry
+
+    def add_many(self, items: list[tuple[str, dict[str, Any]]]) -> list[tuple[int, float]]:
+        """``add`` for a batch, in one transaction."""
         to_json = self.db.dialect.to_json
-        r = self.db.write(lambda cur: cur.execute(
-            "INSERT INTO registry (key, created_at, payload) VALUES (?,?,?) "
-            "ON CONFLICT (key) DO UPDATE SET payload=excluded.payload RETURNING id, created_at",
-            (key, time.time(), to_json(payload))).fetchone())
-        return r[0], r[1]
+
+        def run(cur: Any) -> list[tuple[int, float]]:
+            now = time.time()
+            return [tuple(cur.execute(  # type: ignore[misc]
+                "INSERT INTO registry (key, created_at, payload) VALUES (?,?,?) "
+                "ON CONFLICT (key) DO UPDATE SET payload=excluded.payload RETURNING id, created_at",
+                (key, now, to_json(payload))).fetchone()) for key, payload in items]
+
+        return self.db.write(run)
 
     def entries(self) -> list[tuple[int, str, float, dict[str, Any]]]:
         load = self.db.dialect.from_json
@@ -50,9 +60,18 @@ class LocalBackend(Backend):
         super().__init__(settings, context)
         self.registry = Registry(context.journal_url)
 
+    batch_size = 64
+
     def publish(self, job: Job) -> TrackerRef:
         reg_id, _created = self.registry.add(job.publish.key, job.publish.to_dict())
         return TrackerRef(id=str(reg_id))
+
+    def publish_batch(self, jobs: list[Job]) -> list[TrackerRef | PublishError]:
+        try:
+            entries = self.registry.add_many([(j.publish.key, j.publish.to_dict()) for j in jobs])
+        except JournalError as exc:
+            return [RetryableError(f"local registry: {exc}") for _ in jobs]
+        return [TrackerRef(id=str(reg_id)) for reg_id, _created in entries]
 
     def check(self) -> list[CheckResult]:
         return [CheckResult(True, "local registry", f"in the journal {self.registry.url}")]

@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from ..errors import PermanentError, PublishError
 from ..agent import alive
@@ -21,13 +21,19 @@ from ..model import Job
 from .base import Backend
 from .retry import backoff_delay
 
+if TYPE_CHECKING:  # pragma: no cover
+    from ..journal.ledger import Cursor
+    from ..metrics import Metrics
+
 log = logging.getLogger("watcher.publish")
 
 
 class Publishers:
     def __init__(self, journal: Journal, backend: Backend, agent: str, *, workers: int = 4, max_attempts: int = 8,
                  retry_base: float = 2.0, retry_cap: float = 600.0, lease_seconds: float = 900.0,
-                 clock: Callable[[], float] = time.time, agent_alive: Callable[[str], bool] = alive) -> None:
+                 clock: Callable[[], float] = time.time, agent_alive: Callable[[str], bool] = alive,
+                 metrics: "Metrics | None" = None, on_published: "Callable[[Cursor, Row], None] | None" = None,
+                 after_published: Callable[[], None] = lambda: None) -> None:
         self.journal, self.backend, self.agent = journal, backend, agent
         self.max_attempts, self.retry_base, self.retry_cap = max_attempts, retry_base, retry_cap
         self.lease_seconds = lease_seconds
@@ -39,6 +45,9 @@ class Publishers:
         self.published = 0
         self.failed = 0
         self._alive = agent_alive
+        self.metrics = metrics  # counters for /metrics (watcher/metrics.py)
+        self.on_published = on_published  # runs in the transaction that records a publish (webhooks)
+        self.after_published = after_published
         self.threads = [threading.Thread(target=self._run, name=f"publisher-{i}", daemon=True) for i in range(workers)]
         self._keeper = threading.Thread(target=self._keep_leases, name="publisher-leases", daemon=True)
 
@@ -113,38 +122,40 @@ class Publishers:
 
     # -- worker ------------------------------------------------------------------------------
     def _run(self) -> None:
+        batch = max(1, int(getattr(self.backend, "batch_size", 1)))
         while True:
             with self._cv:
                 if self._halt:
                     return
             try:
-                row = self.journal.claim(self.agent, self._clock(), self.lease_seconds)
+                rows = self.journal.claim_many(self.agent, self._clock(), self.lease_seconds, batch)
             except Exception:
                 log.exception("journal: claim failed; retrying in 5 s")
-                row = None
                 with self._cv:
                     self._cv.wait(5)
                 continue
-            if row is None:
+            if not rows:
                 self._idle_wait()
                 continue
-            job = self._job(row)
-            skey = self.backend.serialize_key(job)
+            jobs = [self._job(r) for r in rows]
+            keys = [self.backend.serialize_key(j) for j in jobs]
             with self._cv:
-                while skey in self._serial and not self._halt:
-                    self._cv.wait(0.5)  # another worker publishes the same tracker key: wait for it
-                self._serial[skey] += 1
-                self._inflight[row.id] = skey
+                for row, skey in zip(rows, keys):
+                    while skey in self._serial and not self._halt:
+                        self._cv.wait(0.5)  # another worker publishes the same tracker key: wait for it
+                    self._serial[skey] += 1
+                    self._inflight[row.id] = skey
             try:
-                self._publish(row, job)
-            except Exception:  # a journal outage mid-publish: the row stays leased, recover() brings it back
-                log.exception("publish %s: could not record the outcome in the journal", row.publish.path)
+                self._publish(rows, jobs)
+            except Exception:  # a journal outage mid-publish: the rows stay leased, recover() brings them back
+                log.exception("publish: could not record the outcome of %d publish(es) in the journal", len(rows))
             finally:
                 with self._cv:
-                    self._inflight.pop(row.id, None)
-                    self._serial[skey] -= 1
-                    if self._serial[skey] <= 0:
-                        del self._serial[skey]
+                    for row, skey in zip(rows, keys):
+                        self._inflight.pop(row.id, None)
+                        self._serial[skey] -= 1
+                        if self._serial[skey] <= 0:
+                            del self._serial[skey]
                     self._cv.notify_all()
 
     def _idle_wait(self) -> None:
@@ -158,36 +169,51 @@ class Publishers:
         return Job(id=row.id, publish=row.publish, attempts=row.attempts, uncertain=row.uncertain,
                    state=dict(row.state), save_state=lambda st, rid=row.id: self.journal.save_state(rid, st))
 
-    def _publish(self, row: Row, job: Job) -> None:
-        p = row.publish
+    def _publish(self, rows: list[Row], jobs: list[Job]) -> None:
+        """Publish a claimed batch, then record every success in one journal transaction and
+        each failure on its own."""
         t0 = time.monotonic()
         try:
-            ref = self.backend.publish(job)
-        except PublishError as exc:
-            self._failed(row, exc)
+            results = self.backend.publish_batch(jobs)
+        except Exception as exc:  # a backend bug: keep the rows, retry later, show the error
+            log.exception("publish: unexpected error in backend %s", self.backend.name)
+            results = [PublishError(f"{type(exc).__name__}: {exc}") for _ in jobs]
+            for row, res in zip(rows, results):
+                self._failed(row, res, retryable=True)
             return
-        except Exception as exc:  # a backend bug: keep the row, retry later, show the error
-            log.exception("publish %s: unexpected error in backend %s", p.path, self.backend.name)
-            self._failed(row, PublishError(f"{type(exc).__name__}: {exc}"), retryable=True)
-            return
-        try:
-            self.journal.published(row.id, self.agent, self.backend.name, ref)
-        except TransitionError:
-            log.warning("publish %s: row %d was parked meanwhile; the next attempt will find %s %s",
-                        p.path, row.id, self.backend.name, ref.id)
-            return
-        self.published += 1
-        latency = max(0.0, time.time() - p.mtime) if p.mtime else 0.0
-        ent = f"{p.entity.type} {p.entity.name}" if p.entity else "-"
-        log.info("published %s%s %s v%s as %s %s (%.0f ms after last write, %.0f ms in tracker)",
-                 p.path, f" [{p.frames}]" if p.frames else "", ent, p.version if p.version is not None else "-",
-                 self.backend.name, ref.id, latency * 1000, (time.monotonic() - t0) * 1000,
-                 extra={"publish": {"id": row.id, "path": p.path, "frames": p.frames, "entity": ent,
-                                    "version": p.version, "tracker_id": ref.id, "latency_ms": round(latency * 1000)}})
+        took = time.monotonic() - t0
+        done = [(row, res) for row, res in zip(rows, results) if not isinstance(res, PublishError)]
+        for row, res in zip(rows, results):
+            if isinstance(res, PublishError):
+                self._failed(row, res)
+        lost = set(self.journal.published_many(self.agent, self.backend.name, [(r.id, ref) for r, ref in done],
+                                                    then=self.on_published))
+        if len(lost) < len(done):
+            self.after_published()
+        for row, ref in done:
+            p = row.publish
+            if row.id in lost:
+                log.warning("publish %s: row %d was parked meanwhile; the next attempt will find %s %s",
+                            p.path, row.id, self.backend.name, ref.id)
+                continue
+            self.published += 1
+            latency = max(0.0, time.time() - p.mtime) if p.mtime else 0.0
+            if self.metrics is not None:
+                self.metrics.published(self.backend.name, latency)
+            ent = f"{p.entity.type} {p.entity.name}" if p.entity else "-"
+            log.info("%s%s%s %s v%s %s %s %s (%.0f ms after last write, %.0f ms in tracker)",
+                     "" if ref.adopted else "published ", p.path, f" [{p.frames}]" if p.frames else "", ent,
+                     p.version if p.version is not None else "-", "adopted existing" if ref.adopted else "as",
+                     self.backend.name, ref.id, latency * 1000, took * 1000,
+                     extra={"publish": {"id": row.id, "path": p.path, "frames": p.frames, "entity": ent,
+                                        "version": p.version, "tracker_id": ref.id, "adopted": ref.adopted,
+                                        "latency_ms": round(latency * 1000)}})
 
     def _failed(self, row: Row, exc: PublishError, *, retryable: bool | None = None) -> None:
         retry = exc.retryable if retryable is None else retryable
         attempts = row.attempts + 1
+        if self.metrics is not None:
+            self.metrics.failed(self.backend.name, type(exc).__name__, retry=retry and attempts < self.max_attempts)
         try:
             if retry and attempts < self.max_attempts:
                 delay = backoff_delay(attempts - 1, base=self.retry_base, cap=self.retry_cap, retry_after=exc.retry_after)
