@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-OUR_THREADS = ("publisher-", "pipeline", "scanner", "supervisor", "poll-")
+OUR_THREADS = ("publisher-", "pipeline", "scanner", "supervisor", "poll-", "webhooks", "http-listener")
 
 
 @pytest.fixture(autouse=True)

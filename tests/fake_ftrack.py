@@ -93,6 +93,16 @@ SCHEMA: dict[str, dict[str, str]] = {
                           "component_id": "fk:Component", "location_id": "fk:Location",
                           "component": "ref:component_id", "location": "ref:location_id"},
     "Location": {"id": "str", "name": "str", "label": "str", "description": "str"},
+    # Custom attributes (ftrack-python: ``custom_attributes`` is a collection of
+    # ``CustomAttributeValue`` entities keyed by ``configuration_id``, read by
+    # ``CustomAttributeValue where configuration.key is fstart``; the primary key is
+    # (configuration_id, entity_id): a value has no ``id`` of its own). kind ``any``: a value of
+    # the configuration's type (a number attribute answers a JSON number, 1001.0).
+    "CustomAttributeConfiguration": {"id": "str", "key": "str", "label": "str", "entity_type": "str",
+                                     "object_type_id": "fk:ObjectType", "project_id": "str", "default": "any",
+                                     "is_hierarchical": "bool", "object_type": "ref:object_type_id"},
+    "CustomAttributeValue": {"configuration_id": "fk:CustomAttributeConfiguration", "entity_id": "str",
+                             "value": "any", "configuration": "ref:configuration_id"},
 }
 # Which stored types answer a query ``from <Family>`` (Shot, Task... are TypedContexts told apart
 # by object type, as in ftrack where they all alias the one Task table).
@@ -342,6 +352,26 @@ class FakeFtrack(FakeServer):
     def add_location(self, name: str) -> str:
         return self._put("Location", {"name": name, "label": name, "description": ""})
 
+    def add_custom_attribute(self, key: str, object_type: str = "Shot", default: Any = None) -> str:
+        """A CustomAttributeConfiguration for entities of ``object_type`` (as ftrack's default
+        schema has ``fstart``/``fend`` on Shot); its id."""
+        return self._put("CustomAttributeConfiguration", {
+            "key": key, "label": key, "entity_type": "task", "object_type_id": OBJECT_TYPE_IDS[object_type],
+            "project_id": None, "default": default, "is_hierarchical": False})
+
+    def set_custom_attribute(self, entity_id: str, key: str, value: Any) -> None:
+        """Set (or, with None, remove) the value of custom attribute ``key`` on an entity."""
+        with self.lock:
+            entity = self._db[entity_id]
+            conf = next(r for r in self._db.values() if r["__entity_type__"] == "CustomAttributeConfiguration"
+                        and r["key"] == key and r["object_type_id"] == entity.get("object_type_id"))
+            rid = f"cav:{conf['id']}:{entity_id}"
+            if value is None:
+                self._db.pop(rid, None)
+            else:
+                self._db[rid] = {"__entity_type__": "CustomAttributeValue", "id": rid, "configuration_id": conf["id"],
+                                 "entity_id": entity_id, "value": value}
+
     # ---- faults of its own (the rest: tests/fakes.py)
     def partial(self, ops: int, *, action: str | None = "create") -> Fault:
         """The next request (with a create, by default) applies only its first ``ops`` operations
@@ -524,6 +554,8 @@ class FakeFtrack(FakeServer):
     def _project(self, db: dict[str, dict[str, Any]], rec: dict[str, Any], projections: list[str],
                  family: str) -> dict[str, Any]:
         out: dict[str, Any] = {"__entity_type__": rec["__entity_type__"], "id": rec["id"]}
+        if "id" not in self._family_schema(family):  # a composite primary key (CustomAttributeValue)
+            out.pop("id")
         for p in projections:
             head, _, rest = p.partition(".")
             if not rest:
@@ -573,9 +605,11 @@ class FakeFtrack(FakeServer):
                 if not isinstance(value, bool):
                     raise ApiError("ValidationError", f"{entity_type}.{attr} must be a boolean, not {value!r}")
                 clean[attr] = value
-            else:
+            elif kind != "any":
                 if value is not None and not isinstance(value, str):
                     raise ApiError("ValidationError", f"{entity_type}.{attr} must be a string, not {value!r}")
+                clean[attr] = value
+            else:
                 clean[attr] = value
         return clean
 

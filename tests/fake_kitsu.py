@@ -159,6 +159,13 @@ class FakeZou(FakeServer):
         with self.lock:
             return [dict(r) for r in self.db["comments"].values()]
 
+    def set_frame_range(self, entity_id: str, frame_in: Any, frame_out: Any) -> None:
+        """Put ``frame_in``/``frame_out`` into the entity's ``data`` as Kitsu does."""
+        with self.lock:
+            data = dict(self.db["entities"][entity_id].get("data") or {})
+            data.update(frame_in=frame_in, frame_out=frame_out)
+            self.db["entities"][entity_id]["data"] = data
+
     # ---- data ----
     def _add(self, table: str, **row: Any) -> dict:
         row.setdefault("id", str(uuid.uuid4()))
@@ -173,8 +180,11 @@ class FakeZou(FakeServer):
         et = {n: self._add("entity_types", name=n) for n in ("Shot", "Sequence", "Episode", "Edit", "Character")}
         self.sequence = self._add("entities", type="Sequence", name="SQ01", project_id=self.project["id"],
                                   entity_type_id=et["Sequence"]["id"], parent_id=None, canceled=False)
+        # Zou keeps a shot's frame range in its free-form ``data`` (``frame_in``/``frame_out``),
+        # set from Kitsu's shot list or by ``PUT /data/shots/<id>``; ``set_frame_range`` seeds it
         self.shot = self._add("entities", type="Shot", name="SH010", project_id=self.project["id"],
-                              entity_type_id=et["Shot"]["id"], parent_id=self.sequence["id"], canceled=False)
+                              entity_type_id=et["Shot"]["id"], parent_id=self.sequence["id"], canceled=False,
+                              data={})
         self.comp = self._add("task_types", name="Compositing", short_name="comp", for_entity="Shot")
         self.todo = self._add("task_status", name="Todo", short_name="todo")
         self.wfa = self._add("task_status", name="Waiting For Approval", short_name="wfa")
@@ -255,6 +265,10 @@ class FakeZou(FakeServer):
         if method == "GET" and m:
             row = db["tasks"].get(m.group(1))
             return (200, row) if row else (404, NOT_FOUND)
+        m = re.fullmatch(r"/data/entities/([^/]+)", path)
+        if method == "GET" and m:
+            row = db["entities"].get(m.group(1))
+            return (200, row) if row else (404, NOT_FOUND)
         m = re.fullmatch(r"/data/entities/([^/]+)/output-files", path)
         if method == "GET" and m:
             if m.group(1) not in db["entities"]:
@@ -268,6 +282,9 @@ class FakeZou(FakeServer):
         if method == "POST" and m:
             return self._new_output_file(m.group(1), body or {})
         m = re.fullmatch(r"/data/output-files/([^/]+)", path)
+        if method == "GET" and m:
+            row = db["output_files"].get(m.group(1))
+            return (200, row) if row else (404, NOT_FOUND)
         if method == "PUT" and m:
             row = db["output_files"].get(m.group(1))
             if row is None:
@@ -275,7 +292,8 @@ class FakeZou(FakeServer):
             body = body or {}
             if (body.get("size") or 0) > 2**31 - 1 or len(body.get("checksum") or "") > 32:
                 return 400, {"message": "One of the provided values has an invalid format."}
-            row.update({k: v for k, v in body.items() if k in ("path", "size", "checksum", "data", "revision")})
+            row.update({k: v for k, v in body.items() if k in ("path", "size", "checksum", "data", "revision",
+                                                                     "nb_elements")})
             return 200, row
         m = re.fullmatch(r"/data/tasks/([^/]+)/comments", path)
         if method == "GET" and m:

@@ -9,11 +9,15 @@ real files under tmp_path.
   naming the credentials problem;
 - a 429 with Retry-After is honoured, and the publish ends with exactly one record;
 - a refusal surfaces the tracker's own words in a PermanentError;
-- ``check()`` names what is wrong.
+- ``check()`` names what is wrong;
+- an amend (``Job.amend``: the files changed after the publish) updates the one record in place
+  with the new size and frames, also when the answer of the update is lost and it is retried.
 
 A case is skipped only where its concept does not exist for a backend (the skip says why)."""
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +64,8 @@ class Tracker:
     bad_check: dict[str, Any] = field(default_factory=dict)
     bad_words: str = ""
     secrets: tuple[str, ...] = ()
+    amend_write: dict[str, Any] = field(default_factory=dict)  # fault filter for the amend's update
+    amended: Callable[[Any, Publish], None] = lambda _rec, _p: None  # asserts a record holds p's values
     made: list[Backend] = field(default_factory=list)
     saved: dict[int, dict[str, Any]] = field(default_factory=dict)
 
@@ -116,6 +122,27 @@ def make_publish(root: Path, kind: str, *, sequence: str, shot: str, task: str, 
 
 # ---- the backends ----------------------------------------------------------------------------
 
+def grow(p: Publish) -> Publish:
+    """The same publish after a late write: the script gets longer; the sequence gets its hole
+    (1010) filled, frames 1025-1030 added and frame 1001 rewritten bigger."""
+    if not p.is_sequence:
+        with open(p.path, "a") as fh:
+            fh.write("Write { name late }\n" * 30)
+        return dataclasses.replace(p, size=Path(p.path).stat().st_size, description="amended")
+    for f in [1001, 1010, *range(1025, 1031)]:
+        Path(p.frame_path(f)).write_bytes(b"\x76\x2f\x31\x01" + f"frame {f} late".encode() * 20)
+    size = sum(Path(p.frame_path(f)).stat().st_size for f in range(1001, 1031))
+    return dataclasses.replace(p, frames="1001-1030", missing_frames=None, frame_count=30, size=size,
+                               description="amended")
+
+
+def md5_of(p: Publish) -> str:
+    digest = hashlib.md5()
+    for f in p.file_paths():
+        digest.update(Path(f).read_bytes())
+    return digest.hexdigest()
+
+
 def local_tracker(tmp: Path) -> Tracker:
     from watcher.publish.local import LocalBackend, LocalSettings
 
@@ -123,8 +150,13 @@ def local_tracker(tmp: Path) -> Tracker:
         return LocalBackend(LocalSettings(**over), BackendContext(
             config_dir=tmp, roots={}, journal_url=f"sqlite:///{tmp}/journal.db"))
 
+    def amended(entry: Any, p: Publish) -> None:
+        payload = entry[3]
+        assert (payload["size"], payload["frames"], payload["missing_frames"]) == (p.size, p.frames, p.missing_frames)
+
     t = Tracker("local", tmp, tmp / "shows", build, records=lambda: t.made[0].registry.entries(),
-                record_id=lambda e: str(e[0]), names=dict(sequence="sq01", shot="sh010", task="comp"))
+                record_id=lambda e: str(e[0]), names=dict(sequence="sq01", shot="sh010", task="comp"),
+                amended=amended)
     t.backend()  # records() reads the registry through the first backend
     return t
 
@@ -135,15 +167,19 @@ def shotgrid_tracker(tmp: Path) -> Tracker:
     (studio / "demo").mkdir(parents=True)
     fake = FakeShotGrid().start()
     fake.seed = standard_site(fake, str(studio))
+    fake.add_field("PublishedFile", "sg_frame_range", "text")  # custom fields a studio adds
+    fake.add_field("PublishedFile", "sg_file_size", "number")
     key = "s3cret-key-value"
 
     def build(**over: Any) -> Backend:
         values: dict[str, Any] = dict(url=fake.url, script_name="watcher", script_key=key, project="Demo Project",
+                                      frame_range_field="sg_frame_range", size_field="sg_file_size",
                                       retries=2, backoff_base=0.01, backoff_cap=2.0, timeout=5)
         values.update(over)
         return ShotGridBackend(ShotGridSettings(**values),
                                BackendContext(config_dir=tmp, roots={"shows": studio / "demo"}))
 
+    amended = amended_published_file
     t = Tracker(
         "shotgrid", tmp, studio / "demo", build, records=lambda: fake.records("PublishedFile"),
         record_id=lambda r: str(r["id"]), names=dict(sequence="sq01", shot="sh010", task="comp"), fake=fake,
@@ -154,9 +190,16 @@ def shotgrid_tracker(tmp: Path) -> Tracker:
         refusal=(400, ApiError(400, "Request Parameters invalid.",
                                detail="code: contains characters the site does not allow").body(),
                  "Request Parameters invalid.: code: contains characters the site does not allow"),
-        bad_check=dict(project="Nope"), bad_words="no Project named 'Nope'", secrets=(key,))
+        bad_check=dict(project="Nope"), bad_words="no Project named 'Nope'", secrets=(key,),
+        amend_write=dict(method="PUT", path=r"/entity/published_files/\d+$"), amended=amended)
     t.token_backend = t.backend
     return t
+
+
+def amended_published_file(rec: dict[str, Any], p: Publish) -> None:
+    assert rec["sg_file_size"] == p.size
+    assert rec.get("sg_frame_range") == p.frames
+    assert rec["description"] == p.description
 
 
 def ftrack_tracker(tmp: Path) -> Tracker:
@@ -176,6 +219,17 @@ def ftrack_tracker(tmp: Path) -> Tracker:
         values.update(over)
         return FtrackBackend(FtrackSettings(**values), BackendContext(config_dir=tmp, roots={}))
 
+    def amended(version: dict[str, Any], p: Publish) -> None:
+        [comp] = [c for c in fake.records("Component") if c.get("version_id") == version["id"]]
+        assert comp["size"] == p.size
+        if p.is_sequence:
+            members = {m["name"]: m for m in fake.records("Component") if m.get("container_id") == comp["id"]}
+            assert sorted(members) == [f"{f:04d}" for f in p.frame_numbers()]
+            for f in p.frame_numbers():
+                assert members[f"{f:04d}"]["size"] == Path(p.frame_path(f)).stat().st_size
+            located = {loc["component_id"]: loc["resource_identifier"] for loc in fake.records("ComponentLocation")}
+            assert {located[m["id"]] for m in members.values()} == set(p.file_paths())
+
     return Tracker(
         "ftrack", tmp, tmp / "proj", build, records=lambda: fake.records("AssetVersion"),
         record_id=lambda r: r["id"], names=dict(sequence="sq01", shot="sh010", task="comp"), fake=fake,
@@ -183,7 +237,8 @@ def ftrack_tracker(tmp: Path) -> Tracker:
         auth_words=("InvalidCredentialsError", "The supplied API key is not valid."),
         refusal=(400, refusal("ValidationError", "Name contains forbidden characters."),
                  "ValidationError: Name contains forbidden characters."),
-        bad_check=dict(project="nope"), bad_words="project 'nope' not found", secrets=(key,))
+        bad_check=dict(project="nope"), bad_words="project 'nope' not found", secrets=(key,),
+        amend_write=dict(action="update"), amended=amended)
 
 
 def _kitsu(name: str, tmp: Path, url: str, fake: FakeServer, records: Callable[[], list[Any]], *, token: str,
@@ -207,9 +262,19 @@ def _kitsu(name: str, tmp: Path, url: str, fake: FakeServer, records: Callable[[
         refusal=(400, {"error": True, "message": "Validation error.",
                        "data": {"errors": [{"field": "revision", "message": "Input should be a valid integer"}]}},
                  "Validation error. (revision: Input should be a valid integer)"),
-        bad_check=dict(project="Nope"), bad_words="'Nope' not found", secrets=(token, password))
+        bad_check=dict(project="Nope"), bad_words="'Nope' not found", secrets=(token, password),
+        amend_write=dict(method="PUT", path=r"^/data/output-files/[^/]+$"), amended=amended_output_file)
     t.token_backend = lambda: t.backend(token=None, email=email, password=SecretStr(password))
     return t
+
+
+def amended_output_file(rec: dict[str, Any], p: Publish) -> None:
+    assert rec["size"] == p.size and rec["data"]["size"] == p.size
+    assert rec["checksum"] == md5_of(p)
+    if p.is_sequence:
+        data = rec["data"]
+        assert (data["frames"], data["missing_frames"], data["frame_count"]) == (p.frames, None, p.frame_count)
+        assert (data["frame_in"], data["frame_out"], rec["nb_elements"]) == (1001, 1030, 30)
 
 
 def kitsu_fake_tracker(tmp: Path) -> Tracker:
@@ -360,3 +425,32 @@ def test_check_names_what_is_wrong(tracker: Tracker) -> None:
     failing = [r for r in results if not r.ok]
     assert any(t.bad_words in f"{r.what}: {r.detail}" for r in failing), [str(r) for r in results]
     assert all(r.ok for r in results if r.what.startswith("credentials")), [str(r) for r in results]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_amend_updates_the_one_record_even_when_its_answer_is_lost(tracker: Tracker, kind: str) -> None:
+    """Published, then the files change (a late write, ``republish: update``): the job comes back
+    with ``amend`` set, the first publish's state and its record id. The record gets the new
+    size and frames in place; nothing new is created. The update's answer is lost once: a
+    retry (uncertain) leaves the same one record holding the new values."""
+    t = tracker
+    p = t.publish(kind)
+    first = t.backend().publish(t.job(p))
+    t.assert_the_one_record(first)
+    bigger = grow(p)
+    assert bigger.size > p.size
+    if t.fake is not None:
+        t.fake.drop_after_apply(**t.amend_write)
+    job = t.job(bigger)
+    job.amend, job.previous_id = True, first.id
+    try:
+        ref = t.backend().publish(job)
+    except RetryableError:
+        job = t.job(bigger, uncertain=True)
+        job.amend, job.previous_id = True, first.id
+        ref = t.backend().publish(job)
+    if t.fake is not None:
+        assert t.fake.lost() == 1, "the amend's answer was never lost"
+    assert ref.id == first.id
+    t.assert_the_one_record(ref)
+    t.amended(t.records()[0], bigger)

@@ -107,12 +107,17 @@ def test_check_reports_backend(tmp_path):
 def test_status(tmp_path):
     cfg = make_config(tmp_path)
     r = cli("-c", str(cfg), "status", "--json")
-    assert r.returncode == 0 and json.loads(r.stdout)["journal"]["published"] == 0
+    out = json.loads(r.stdout)
+    assert out["journal"]["published"] == 0
+    # no agent has ever run for this config: not healthy, and the JSON says which check failed
+    assert r.returncode == 1 and out["ok"] is False and out["failed"] == ["agent"]
+    assert not (tmp_path / "journal.db").exists()  # status reads; it never creates the journal
 
 
 def test_scan_verify_finds_a_file_rewritten_while_the_agent_was_down(tmp_path):
     cfg = make_config(tmp_path)
-    cfg.write_text(cfg.read_text().replace("templates: ", "republish: new_version, templates: "))
+    # amend_window 0: outside the amend window the root's republish policy decides
+    cfg.write_text(cfg.read_text().replace("templates: ", "republish: new_version, templates: ") + "amend_window: 0\n")
     work = tmp_path / "root/seq/sq01/sh010/comp/work"
     work.mkdir(parents=True)
     script = work / "sh010_slap_v002.nk"
@@ -123,7 +128,7 @@ def test_scan_verify_finds_a_file_rewritten_while_the_agent_was_down(tmp_path):
     r = cli("-c", str(cfg), "scan", "--verify")
     assert r.returncode == 0, r.stderr
     out = json.loads(cli("-c", str(cfg), "publishes", "--json").stdout)
-    assert [(o["version"], o["status"]) for o in out] == [(2, "published"), (3, "published")]
+    assert [(o["version"], o["status"]) for o in out] == [(3, "published"), (2, "published")]  # newest first
 
 
 def test_dry_run_admits_what_the_pipeline_admits(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -176,14 +177,15 @@ def test_version_is_created_unpublished_then_flagged_in_a_separate_last_request(
 
 
 def test_a_warm_publish_takes_three_requests(world: World) -> None:
-    """Lookups are cached; then one lookup request, one create batch, one publish flag."""
+    """Lookups are cached; then one lookup request (Asset, AssetVersion and, for adoption, the
+    ComponentLocation at this path: no extra request), one create batch, one publish flag."""
     b = world.backend()
     b.publish(world.job(world.single("sh010/comp/sh010_comp_v003.nk", version=3)))
     before = len(world.fake.log)
     b.publish(world.job(world.single("sh010/comp/sh010_comp_v004.nk", version=4,
                                      fields={"Shot": "sh010", "version": 4})))
     actions = [[op["action"] for op in req.ops] for req in world.fake.log[before:]]
-    assert actions == [["query", "query"], ["create"] * 3, ["update"]]
+    assert actions == [["query", "query", "query"], ["create"] * 3, ["update"]]
 
 
 def test_every_request_carries_the_auth_headers_and_json(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -770,3 +772,86 @@ def test_fake_query_language_subset(fake: FakeFtrack) -> None:
     assert len(r["data"]) == 5 and r["data"][0]["parent"]["name"] == "p"
     with pytest.raises(Exception, match="no attribute 'colour'"):
         fake.apply([{"action": "query", "expression": "select colour from Shot"}])
+
+
+# ----------------------------------------------------------------------------- tracker frame range
+
+def test_frame_range_from_fstart_fend_custom_attributes_read_once(world: World) -> None:
+    fake = world.fake
+    fake.add_custom_attribute("fstart")
+    fake.add_custom_attribute("fend")
+    fake.set_custom_attribute(world.sh010, "fstart", 1001.0)  # a number attribute answers a JSON number
+    fake.set_custom_attribute(world.sh010, "fend", "1100")  # older servers answer text
+    b = world.backend()
+    assert b.frame_range(world.sequence(count=10)) == (1001, 1100)
+    assert b.frame_range(world.single()) == (1001, 1100)
+    queries = [op["expression"] for op in fake.actions("query") if "CustomAttributeValue" in op["expression"]]
+    assert len(queries) == 1  # once per entity
+    assert "configuration.key in (\"fstart\", \"fend\")" in queries[0]
+    assert f'entity_id is "{world.sh010}"' in queries[0]
+
+
+def test_frame_range_attribute_keys_by_setting_and_missing_values(world: World) -> None:
+    fake = world.fake
+    for key in ("fstart", "fend", "handle_in", "handle_out"):
+        fake.add_custom_attribute(key)
+    fake.set_custom_attribute(world.sh010, "fstart", 1001)
+    b = world.backend(cache_ttl=0)
+    assert b.frame_range(world.single()) is None  # fend not set
+    assert b.frame_range(world.single(entity=Entity("Shot", "sh999"))) is None  # no such shot
+    fake.set_custom_attribute(world.sh010, "handle_in", 993)
+    fake.set_custom_attribute(world.sh010, "handle_out", 1108)
+    assert world.backend(frame_range_attributes=["handle_in", "handle_out"]).frame_range(world.single()) == (993, 1108)
+    fake.set_custom_attribute(world.sh010, "fend", "soon")
+    with pytest.raises(PermanentError, match="fend is 'soon', not a frame number"):
+        b.frame_range(world.single())
+
+
+def test_frame_range_query_refused_in_ftracks_words(world: World) -> None:
+    b = world.backend()
+    b.publish(world.job(world.single()))  # project and shot looked up and cached: the next query is the values'
+    world.fake.reply(200, body=refusal("PermissionError", "No read access to CustomAttributeValue."),
+                     action="query")
+    with pytest.raises(PermanentError, match="custom attributes fstart/fend of ftrack Shot 'sh010'.*"
+                                             "PermissionError: No read access to CustomAttributeValue"):
+        b.frame_range(world.single())
+    assert "CustomAttributeValue" in world.fake.log[-1].ops[0]["expression"]
+
+
+# ----------------------------------------------------------------------------- reads never block
+
+def test_fifo_swapped_in_for_a_frame_is_refused_quickly(world: World) -> None:
+    p = world.sequence(count=5)
+    frame = p.frame_path(1003)
+    os.unlink(frame)
+    os.mkfifo(frame)  # nobody writes it: a blocking open or read would hang the worker
+    started = time.monotonic()
+    with pytest.raises(PermanentError, match="is a FIFO, not a regular file"):
+        world.backend().publish(world.job(p))
+    assert time.monotonic() - started < 5
+    assert world.versions() == []
+
+
+def test_symlink_swapped_in_for_a_file_is_not_followed(world: World) -> None:
+    p = world.single(size=10)
+    target = world.tmp / "elsewhere.nk"
+    target.write_bytes(b"x" * 5000)
+    os.unlink(p.path)
+    os.symlink(target, p.path)
+    with pytest.raises(PermanentError, match="is a symlink"):
+        world.backend().publish(world.job(p))
+
+
+def test_amend_without_journaled_ids_finds_the_component_by_version_and_name(world: World) -> None:
+    p = world.sequence(count=4)
+    ref = world.backend().publish(world.job(p))
+    (Path(p.path % 1005)).write_bytes(b"e" * 300)  # a late frame
+    later = world.sequence(count=5)
+    job = Job(id=99, publish=later, amend=True, previous_id=ref.id)  # state lost: only the record id
+    again = world.backend().publish(job)
+    assert again.id == ref.id and len(world.versions()) == 1
+    [comp] = world.components_of(ref.id)
+    assert comp["size"] == later.size
+    assert sorted(m["name"] for m in world.members_of(comp["id"])) == ["1001", "1002", "1003", "1004", "1005"]
+    made = [op["entity_type"] for op in world.fake.actions("create") if op["entity_type"] in ("Asset", "AssetVersion")]
+    assert made == ["Asset", "AssetVersion"]  # the first publish's, nothing more

@@ -43,7 +43,7 @@ def journal(request, tmp_path):
 
 
 def test_transitions_and_history(journal):
-    row, created = journal.add(pub(), [FileRecord("/shows/a", "beauty.1001.exr", 10, 1)])
+    row, created = journal.add(pub(), [FileRecord("shows", "a", "beauty.1001.exr", 10, 1)])
     assert created and row.status == Status.PENDING
     again, created = journal.add(pub(), [])
     assert not created and again.id == row.id  # one row per idempotency key
@@ -86,13 +86,14 @@ def test_state_is_persisted_before_sending(journal):
 
 
 def test_known_files_and_replace(journal):
-    row, _ = journal.add(pub(), [FileRecord("/shows/a", "beauty.1001.exr", 10, 5)])
-    assert journal.known_files("/shows/a") == {"beauty.1001.exr": (10, 5, row.id)}
-    assert journal.files_of(row.id) == {"/shows/a/beauty.1001.exr": (10, 5)}
+    row, _ = journal.add(pub(), [FileRecord("shows", "a", "beauty.1001.exr", 10, 5)])
+    assert journal.known_files("shows", "a") == {"beauty.1001.exr": (10, 5, row.id)}
+    assert journal.files_of(row.id) == {("shows", "a/beauty.1001.exr"): (10, 5)}
+    assert journal.known_files("other", "a") == {}  # another root's folder of the same name
     journal.replace(row.id, pub(frames="1001-1020", missing_frames=None),
-                    [FileRecord("/shows/a", "beauty.1020.exr", 10, 6)])
+                    [FileRecord("shows", "a", "beauty.1020.exr", 10, 6)])
     assert journal.rows()[0].publish.frames == "1001-1020"
-    assert set(journal.known_files("/shows/a")) == {"beauty.1001.exr", "beauty.1020.exr"}
+    assert set(journal.known_files("shows", "a")) == {"beauty.1001.exr", "beauty.1020.exr"}
 
 
 def test_json_contract_shape(journal):
@@ -152,15 +153,15 @@ def test_reader_process_sees_writes_while_writer_holds_connection(tmp_path):
 # -- contract details both journals must share ------------------------------------------------------
 
 def test_keys_like_files_registry_and_counts(journal):
-    a, _ = journal.add(pub(key="shows:render:a_%:v1"), [FileRecord("/s/x", "a.1.exr", 1, 1)])
+    a, _ = journal.add(pub(key="shows:render:a_%:v1"), [FileRecord("s", "x", "a.1.exr", 1, 1)])
     b, _ = journal.add(pub(key="shows:render:a_%:v2"), [])
     journal.add(pub(key="shows:render:aX%:v1"), [])  # '_' and '%' are literal in the prefix
     assert [r.id for r in journal.keys_like("shows:render:a_%:")] == [a.id, b.id]
-    journal.remember_files(b.id, [FileRecord("/s/x", "a.1.exr", 2, 3), FileRecord("/s/x", "b.1.exr", 4, 5)], "kept")
-    assert journal.known_files("/s/x") == {"a.1.exr": (2, 3, b.id), "b.1.exr": (4, 5, b.id)}  # moved to b
+    journal.remember_files(b.id, [FileRecord("s", "x", "a.1.exr", 2, 3), FileRecord("s", "x", "b.1.exr", 4, 5)], "kept")
+    assert journal.known_files("s", "x") == {"a.1.exr": (2, 3, b.id), "b.1.exr": (4, 5, b.id)}  # moved to b
     assert journal.files_of(a.id) == {}
     assert journal.events(b.id)[-1][1:] == ("note", "kept")
-    assert journal.counts() == {"pending": 3, "publishing": 0, "published": 0, "failed": 0}
+    assert journal.counts() == {"pending": 3, "publishing": 0, "published": 0, "failed": 0, "baseline": 0}
     assert journal.next_due() == min(r.next_attempt_at for r in journal.rows())
     assert [r.id for r in journal.rows(ids=[b.id])] == [b.id] and len(journal.rows(limit=2)) == 2
     assert journal.by_key("shows:render:a_%:v2").id == b.id and journal.by_key("nope") is None
@@ -276,7 +277,7 @@ def test_pg_concurrent_add_of_one_key_makes_one_row(pg_url):
     def add(j):
         barrier.wait()
         try:
-            row, created = j.add(pub(), [FileRecord("/shows/a", "beauty.1001.exr", 10, 1)])
+            row, created = j.add(pub(), [FileRecord("shows", "a", "beauty.1001.exr", 10, 1)])
             results.append((row.id, created))
         except BaseException as exc:  # noqa: BLE001 - shows up as a missing result below
             results.append((-1, repr(exc)))
@@ -434,7 +435,7 @@ def test_pg_two_agents_publish_each_row_once_through_the_pipeline(pg_url):
     for j, p in agents:
         p.stop(grace=5)
         j.close()
-    assert seed.counts() == {"pending": 0, "publishing": 0, "published": n, "failed": 0}
+    assert seed.counts() == {"pending": 0, "publishing": 0, "published": n, "failed": 0, "baseline": 0}
     assert sum(p.published for _, p in agents) == n and all(p.published for _, p in agents)
     assert len(Registry(pg_url).entries()) == n and len({r.tracker_id for r in seed.rows()}) == n
     seed.close()
@@ -466,3 +467,33 @@ def test_pg_agents_need_only_row_privileges_once_the_schema_is_current(pg_url, p
     row, created = j.add(pub(), [])
     assert created and j.claim("a", time.time() + 1, 60).id == row.id
     j.close()
+
+
+def test_a_version_1_journal_is_migrated_to_root_relative_file_records(tmp_path):
+    """Journals made before file records were keyed by root: absolute directories become root
+    name + root-relative directory, read from each publish's own root."""
+    import sqlite3
+
+    from watcher.journal.ledger import MIGRATIONS
+    from watcher.journal.sqlite import SQLITE
+
+    db = tmp_path / "old.db"
+    c = sqlite3.connect(db)
+    for stmt in SQLITE.ddl(MIGRATIONS[0]):
+        c.execute(stmt)
+    payload = json.dumps(pub(root="shows", root_path="/mnt/shows").to_dict())
+    c.execute("INSERT INTO publishes (key, status, payload, created_at, updated_at) VALUES ('k', 'published', ?, 0, 0)",
+              (payload,))
+    c.executemany("INSERT INTO files (dir, name, size, mtime_ns, publish_id) VALUES (?, ?, 1, 2, 1)",
+                  [("/mnt/shows/a/b", "x.1001.exr"), ("/mnt/shows", "top.nk")])
+    c.execute("PRAGMA user_version=1")
+    c.commit()
+    c.close()
+    j = SqliteJournal(f"sqlite:///{db}")
+    try:
+        assert j.schema_version() == SCHEMA_VERSION
+        assert j.known_files("shows", "a/b") == {"x.1001.exr": (1, 2, 1)}
+        assert j.known_files("shows", "") == {"top.nk": (1, 2, 1)}
+        assert j.files_of(1) == {("shows", "a/b/x.1001.exr"): (1, 2), ("shows", "top.nk"): (1, 2)}
+    finally:
+        j.close()

@@ -377,3 +377,19 @@ def test_check_reports_each_named_thing(zou, tmp_path):
                                          create_output_types=False, project="Nope").check()}
     assert not strict["output type 'Cache' (abc)"].ok
     assert not strict["project 'Nope'"].ok and "not found" in strict["project 'Nope'"].detail
+
+
+# ---- tracker frame range (expect_frames: tracker) -------------------------------------------------
+
+def test_frame_range_from_the_shots_data_frame_in_and_out(zou, tmp_path):
+    project = zou.seed["project"]["id"]
+    seq = zou.seed["sequences"]["SQ01"]
+    # as Kitsu's shot list sets them: in the shot's data, by PUT /data/shots/<id>
+    zou.api("PUT", f"/data/shots/{zou.seed['shots']['SH010']}", {"data": {"frame_in": 1001, "frame_out": 1100}})
+    zou.create_shot(project, seq, "SH040", data={"frame_in": "993", "frame_out": "1107"})
+    b = backend(zou, tmp_path)
+    assert b.frame_range(render_sequence(tmp_path, count=3)) == (1001, 1100)
+    assert b.frame_range(nuke_script(tmp_path, shot="SH040")) == (993, 1107)
+    assert b.frame_range(nuke_script(tmp_path, shot="SH020")) is None  # no range in its data
+    assert b.frame_range(nuke_script(tmp_path, shot="SH999")) is None  # no such shot
+    assert not zou.api("GET", "/data/entities", params={"name": "SH999"})

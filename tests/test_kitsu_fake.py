@@ -284,3 +284,56 @@ def test_refused_update_of_our_own_output_file_is_retried_then_parked(fake, tmp_
     late = Job(id=2, publish=nuke_script(tmp_path, version=2), attempts=3)
     with pytest.raises(PermanentError, match="invalid format"):
         b.publish(late)
+
+
+# ---- tracker frame range (expect_frames: tracker) -------------------------------------------------
+
+def test_frame_range_from_shot_data_read_once(fake, tmp_path):
+    fake.set_frame_range(fake.shot["id"], 1001, 1100)
+    b = make(fake, tmp_path)
+    assert b.frame_range(render_sequence(tmp_path, count=4)) == (1001, 1100)
+    assert b.frame_range(nuke_script(tmp_path)) == (1001, 1100)
+    assert fake.count("GET", rf"^/data/entities/{fake.shot['id']}$") == 1  # once per entity
+
+
+def test_frame_range_missing_values_or_shot_is_none(fake, tmp_path):
+    b = make(fake, tmp_path, cache_ttl=0)
+    assert b.frame_range(nuke_script(tmp_path)) is None  # data has no frame_in/frame_out
+    assert b.frame_range(nuke_script(tmp_path, shot="SH999")) is None  # no such shot: nothing created
+    fake.set_frame_range(fake.shot["id"], "1001", "")  # Kitsu's shot list may store text
+    assert b.frame_range(nuke_script(tmp_path)) is None
+    fake.set_frame_range(fake.shot["id"], "1001", "1050")
+    assert b.frame_range(nuke_script(tmp_path)) == (1001, 1050)
+    fake.set_frame_range(fake.shot["id"], 1050, 1001)
+    with pytest.raises(PermanentError, match="data.frame_out 1001 is before data.frame_in 1050"):
+        b.frame_range(nuke_script(tmp_path))
+
+
+# ---- reads never block, never follow a symlink --------------------------------------------------
+
+def test_fifo_swapped_in_is_refused_quickly_by_the_checksum(fake, tmp_path):
+    import os
+    p = render_sequence(tmp_path, count=5)
+    os.unlink(p.frame_path(1004))
+    os.mkfifo(p.frame_path(1004))  # no writer: a blocking open would hang the worker for good
+    started = time.monotonic()
+    with pytest.raises(PermanentError, match=r"beauty\.1004\.exr is a FIFO, not a regular file; its checksum"):
+        make(fake, tmp_path, comment=False).publish(Job(id=1, publish=p))
+    assert time.monotonic() - started < 5
+
+
+def test_open_regular_refuses_fifo_symlink_and_directory(tmp_path):
+    import os
+
+    from watcher.publish.tracker import open_regular, regular_size
+    real = tmp_path / "real.exr"
+    real.write_bytes(b"pixels")
+    with open_regular(str(real), "checksum") as fh:
+        assert fh.read() == b"pixels"
+    os.mkfifo(tmp_path / "pipe")
+    os.symlink(real, tmp_path / "link.exr")
+    for name, words in (("pipe", "is a FIFO"), ("link.exr", "is a symlink"), ("", "is a directory"),
+                        ("gone.exr", "vanished")):
+        for read in (open_regular, regular_size):
+            with pytest.raises(PermanentError, match=words):
+                read(str(tmp_path / name) if name else str(tmp_path))

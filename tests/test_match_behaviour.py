@@ -97,13 +97,14 @@ keys:
 def test_defaults_without_publishes_section(tmp_path: Path) -> None:
     ts = load_templates(write(tmp_path, KEYS + """
 paths:
-  shot_frames: 'shots/{Shot}/{Step}/{Shot}_{Step}_v{version}.{SEQ}.exr'
-  shot_task: 'shots/{Shot}/{Step}/{task_name}/{name}.v{version}.nk'
-  lower: 'lower/{shot}/{name}.abc'
-  seq_level: 'seq/{Sequence}/{name}_v{version}.mov'
-  episode: 'ep/{Episode}/{Sequence}/notes.txt'
-  asset: 'assets/{Asset}/{Project}/{name}.v{version}.bgeo.sc'
-  project_level: 'editorial/cut_v{version}.xml'
+  shot_frames_pub: 'shots/{Shot}/{Step}/{Shot}_{Step}_v{version}.{SEQ}.exr'
+  shot_task_pub: 'shots/{Shot}/{Step}/{task_name}/{name}.v{version}.nk'
+  lower_publish: 'lower/{shot}/{name}.abc'
+  seq_level: 'seq/{Sequence}/publish/{name}_v{version}.mov'
+  episode_pub: 'ep/{Episode}/{Sequence}/notes.txt'
+  asset_pub: 'assets/{Asset}/{Project}/{name}.v{version}.bgeo.sc'
+  project_level_pub: 'editorial/cut_v{version}.xml'
+  shot_work: 'work/{Shot}/{Step}/{name}.v{version}.nk'
   folder: 'shots/{Shot}/{Step}'
 """))
     spec = ts.match("shots/sh010/comp/sh010_comp_v003.1001.exr").publish
@@ -111,7 +112,7 @@ paths:
     spec = ts.match("shots/sh010/comp/roto/main.v002.nk").publish
     assert (spec.task, spec.name, spec.publish_type) == ("roto", "main", "Nuke Script")  # task_name beats Step
     assert ts.match("lower/sh020/cam.abc").publish == PublishSpec("Shot", "sh020", None, "cam", None, "Alembic Cache")
-    assert ts.match("seq/sq01/edit_v004.mov").publish.entity_type == "Sequence"
+    assert ts.match("seq/sq01/publish/edit_v004.mov").publish.entity_type == "Sequence"  # a publish folder
     assert ts.match("ep/ep01/sq01/notes.txt").publish.entity_type == "Sequence"  # Sequence comes before Episode
     spec = ts.match("assets/hero/proj/fx.v001.bgeo.sc").publish
     assert (spec.entity_type, spec.project, spec.publish_type) == ("Asset", "proj", "Houdini Cache")
@@ -119,6 +120,9 @@ paths:
     assert (spec.entity_type, spec.entity_name, spec.name, spec.version, spec.publish_type) == \
         (None, None, "cut.xml", 12, "XML File")
     assert ts.match("shots/sh010/comp").publish is None  # folder-like templates never publish by default
+    # neither *_pub* nor a publish folder: a work file matches but never publishes, and explain says why
+    assert ts.match("work/sh010/comp/main.v002.nk").publish is None
+    assert "not a publish template" in ts.explain("work/sh010/comp/main.v002.nk")["note"]
 
 
 def test_rules_literals_formats_patterns_and_false(tmp_path: Path) -> None:
@@ -264,3 +268,29 @@ def test_review_rule_option(tmp_path):
     f.write_text(f.read_text().replace("review: true", "review: yes please"))
     with pytest.raises(TemplateError, match="review must be true or false"):
         load_templates(f)
+
+
+def test_name_style_publish2_names_like_tk_multi_publish2(tmp_path: Path) -> None:
+    """``toolkit`` (the default) names a publish by its ``name`` field, as register_publish's
+    documentation does; ``publish2`` by the file name without version and frame, extension kept,
+    as tk-multi-publish2 does, so watcher's versions join the artists' own group in the Loader."""
+    ts = load_templates(write(tmp_path, KEYS + """
+paths:
+  maya_pub: 'pub/{Shot}/{name}.v{version}.ma'
+  maya_pub2: 'pub2/{Shot}/{name}.v{version}.ma'
+  render_pub2: 'pub2/{Shot}/renders/{name}_v{version}.{SEQ}.exr'
+  named_pub2: 'pub3/{Shot}/{name}.v{version}.nk'
+publishes:
+  maya_pub: {}
+  "*_pub2": {name_style: publish2}
+  named_pub2: {name_style: publish2, name: "{Shot}_{name}"}
+"""))
+    assert ts.match("pub/sh010/scene.v001.ma").publish.name == "scene"
+    assert ts.match("pub2/sh010/scene.v001.ma").publish.name == "scene.ma"
+    assert ts.match("pub2/sh010/renders/beauty_v003.1001.exr").publish.name == "beauty.exr"
+    assert ts.match("pub3/sh010/comp.v002.nk").publish.name == "sh010_comp"  # an explicit name wins
+    from watcher.errors import TemplateError
+
+    with pytest.raises(TemplateError, match="name_style must be one of toolkit, publish2, got 'tk'"):
+        load_templates(write(tmp_path, KEYS + "paths:\n  a_pub: 'a/{name}.v{version}.nk'\n"
+                                              "publishes:\n  a_pub: {name_style: tk}\n"))

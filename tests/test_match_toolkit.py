@@ -14,7 +14,7 @@ FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "toolkit
 SH = {"Sequence": "sq01", "Shot": "sh010", "Step": "comp"}
 
 EXAMPLES: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
-    # template, path, fields, publish (subset)
+    # template, path, fields, publish (subset; None: matches, does not publish by default)
     ("nuke_shot_publish", "sequences/sq01/sh010/comp/publish/nuke/scene.v003.nk",
      {**SH, "name": "scene", "version": 3},
      {"entity_type": "Shot", "entity_name": "sh010", "task": "comp", "name": "scene", "version": 3,
@@ -51,10 +51,10 @@ EXAMPLES: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
       "vred.render_pass": "beauty", "SEQ": 1, "vred.render_extension": "png"}, {"publish_type": "Rendered Image"}),
     ("flame_shot_render_exr", "sequences/sq01/sh010/finishing/renders/grade_v002/sh010_grade_v002.00001001.exr",
      {"Sequence": "sq01", "Shot": "sh010", "segment_name": "grade", "version": 2, "flame.frame": 1001},
-     {"entity_name": "sh010", "task": None, "version": 2}),
+     None),  # a Flame export render: no 'publish' folder, no *_pub name, so it matches but does not publish
     ("hiero_render_path", "sequences/sq01/sh010/editorial/2024_03_05/renders/proj_sh010.1001.dpx",
      {"Sequence": "sq01", "Shot": "sh010", "YYYY": 2024, "MM": 3, "DD": 5, "project": "proj", "SEQ": 1001},
-     {"entity_name": "sh010", "version": None}),
+     None),
     ("max_asset_publish", "assets/prop/lamp/model/publish/3dsmax/lamp.v003.max",
      {"sg_asset_type": "prop", "Asset": "lamp", "Step": "model", "name": "lamp", "version": 3},
      {"publish_type": "3dsmax Scene"}),
@@ -91,11 +91,15 @@ def test_fixture_keys_keep_toolkit_semantics(tk) -> None:
 
 
 @pytest.mark.parametrize("template,path,fields,publish", EXAMPLES, ids=[e[0] for e in EXAMPLES])
-def test_publish_templates_match(tk, template: str, path: str, fields: dict[str, Any], publish: dict[str, Any]) -> None:
+def test_publish_templates_match(tk, template: str, path: str, fields: dict[str, Any],
+                                 publish: dict[str, Any] | None) -> None:
     m = tk.match(path)
     assert m, m.reason
     assert m.template == template
     assert m.fields == fields
+    if publish is None:
+        assert m.publish is None and "not a publish template" in tk.explain(path)["note"]
+        return
     assert m.publish is not None
     got = m.publish.to_dict()
     assert {k: got[k] for k in publish} == publish
@@ -148,3 +152,58 @@ paths:
     assert {"broken_ref", "nested_sections", "not_a_definition"}.isdisjoint(ts.names)
     assert ts.match("users/John Smith/a.v001.nk").template == "uses_subset_a"
     assert ts.match("sequences/sq01/sh010/comp/publish/nuke/scene.v003.nk").template == "nuke_shot_publish"
+
+
+# The stock config has no publishes: section. What an artist's day leaves on disk, and whether
+# watcher publishes it by default: work files, snapshots and work renders never; the files in
+# publish areas (Toolkit's own publishes) always.
+TS = "2024-03-05-14-30-00"
+DEFAULT_PUBLISH: list[tuple[str, str, bool]] = [
+    ("nuke_shot_work", "sequences/sq01/sh010/comp/work/nuke/scene.v003.nk", False),
+    ("nuke_shot_snapshot", f"sequences/sq01/sh010/comp/work/nuke/snapshots/scene.v003.{TS}.nk", False),
+    ("maya_shot_work", "sequences/sq01/sh010/anim/work/maya/scene.v003.ma", False),
+    ("maya_shot_snapshot", f"sequences/sq01/sh010/anim/work/maya/snapshots/scene.v003.{TS}.ma", False),
+    ("houdini_shot_work", "sequences/sq01/sh010/fx/work/houdini/pyro.v010.hip", False),
+    ("houdini_shot_snapshot", f"sequences/sq01/sh010/fx/work/houdini/snapshots/pyro.v010.{TS}.hip", False),
+    ("houdini_shot_render", "sequences/sq01/sh010/fx/work/images/pyro/mantra1/v010/1920x1080/sh010_pyro_v010.1001.exr",
+     False),
+    ("houdini_shot_work_alembic_cache",
+     "sequences/sq01/sh010/fx/work/houdini/cache/alembic/pyro/rop1/v010/sh010_pyro_v010.abc", False),
+    ("nuke_shot_render_mono_dpx", "sequences/sq01/sh010/comp/work/images/comp/v003/2048x1152/sh010_comp_main_v003.1001.dpx",
+     False),
+    ("maya_asset_work", "assets/char/hero/model/work/maya/hero.v012.ma", False),
+    ("photoshop_shot_snapshot", f"sequences/sq01/sh010/paint/work/photoshop/snapshots/matte.v002.{TS}.psd", False),
+    ("nuke_shot_publish", "sequences/sq01/sh010/comp/publish/nuke/scene.v003.nk", True),
+    ("maya_shot_publish", "sequences/sq01/sh010/anim/publish/maya/scene.v003.ma", True),
+    ("maya_asset_publish", "assets/char/hero/model/publish/maya/hero.v012.mb", True),
+    ("houdini_shot_publish", "sequences/sq01/sh010/fx/publish/houdini/pyro.v010.hip", True),
+    ("nuke_shot_render_pub_mono_dpx",
+     "sequences/sq01/sh010/comp/publish/elements/comp/v003/2048x1152/sh010_comp_main_v003.1001.dpx", True),
+    ("nuke_shot_render_pub_stereo",
+     "sequences/sq01/sh010/comp/publish/elements/comp/v003/2048x1152/sh010_comp_main_left_v003.1001.exr", True),
+    ("asset_alembic_cache", "assets/char/hero/rig/publish/caches/hero.v004.abc", True),
+    ("asset_mari_texture_tif", "assets/char/hero/surf/publish/mari/hero_diffuse_base.v003.1001.tif", True),
+]
+
+
+@pytest.mark.parametrize("template,path,publishes", DEFAULT_PUBLISH, ids=[e[0] for e in DEFAULT_PUBLISH])
+def test_stock_config_publishes_only_publish_templates(tk, template: str, path: str, publishes: bool) -> None:
+    m = tk.match(path)
+    assert m, m.reason
+    assert m.template == template
+    assert (m.publish is not None) is publishes
+    info = tk.explain(path)
+    if publishes:
+        assert info["publish"] is not None and "note" not in info
+    else:
+        assert info["publish"] is None
+        assert "not a publish template" in info["note"] and "publishes: section" in info["note"]
+
+
+def test_stock_config_publishing_templates_are_the_publish_ones(tk) -> None:
+    """What `watcher check` lists: every template that publishes by default says so in its name
+    or folders, and no work template is among them."""
+    publishing = [n for n in tk.names if tk.publish_rule(n) is not None]
+    assert "nuke_shot_publish" in publishing and "nuke_shot_work" not in publishing
+    assert not [n for n in publishing if "_work" in n or "snapshot" in n]
+    assert all("_pub" in n or "/publish/" in tk.templates[n].definition for n in publishing)

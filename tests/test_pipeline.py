@@ -270,7 +270,8 @@ def test_permission_denied_subdirectory_is_reported_and_the_rest_published(tmp_p
 
 @pytest.mark.parametrize("policy", ["never", "new_version"])
 def test_single_file_changed_after_publish(tmp_path, policy):
-    s = settings(tmp_path, root_opts={"republish": policy})
+    """Outside the amend window the root's republish policy decides."""
+    s = settings(tmp_path, amend_window=0, root_opts={"republish": policy})
     work = s.roots[0].path / "seq/sq01/sh010/comp/work"
     work.mkdir(parents=True)
     script = work / "sh010_main_v004.nk"
@@ -292,8 +293,8 @@ def test_single_file_changed_after_publish(tmp_path, policy):
 def test_periodic_rescan_finds_a_file_rewritten_in_place_on_a_polling_root(tmp_path):
     """Polling sees new and vanished names only (one stat per directory); a file rewritten in
     place is found by the periodic rescan, which stats what the journal knows."""
-    s = settings(tmp_path, rescan_interval=3, root_opts={"observer": "polling", "poll_interval": 0.2,
-                                                          "republish": "new_version"})
+    s = settings(tmp_path, rescan_interval=3, amend_window=0, root_opts={"observer": "polling", "poll_interval": 0.2,
+                                                                          "republish": "new_version"})
     work = s.roots[0].path / "seq/sq01/sh010/comp/work"
     work.mkdir(parents=True)
     script = work / "sh010_main_v001.nk"
@@ -360,3 +361,37 @@ def test_stop_while_the_supervisor_is_mid_check_leaves_no_thread_behind(tmp_path
     left = [t for t in set(threading.enumerate()) - before if t.is_alive()]
     assert left == [], f"threads outlived stop(): {left}"
     assert all(r.observer is None for r in svc.roots.values())
+
+
+def test_a_drop_larger_than_the_settling_cap_is_published_whole_in_bounded_memory(tmp_path, caplog):
+    """Beyond max_settling_files the pipeline leaves new files on disk and rescans their folders
+    once the backlog drains: memory stays bounded, nothing is lost, no sequence is split."""
+    s = settings(tmp_path, max_settling_files=100)
+    root = s.roots[0].path
+    peak = [0]
+    with running(s) as svc:
+        stop = threading.Event()
+
+        def sample():
+            while not stop.is_set():
+                peak[0] = max(peak[0], svc.settler.pending_files)
+                time.sleep(0.005)
+
+        t = threading.Thread(target=sample)
+        t.start()
+        work = [root / f"seq/sq01/sh{i:03d}/comp/work" for i in range(10)]
+        for d in work:
+            d.mkdir(parents=True)
+        for i in range(40):
+            for d in work:
+                (d / f"{d.parent.parent.name}_n{i}_v001.nk").write_text("x")
+        write_frames(root / RENDER, "beauty", range(1001, 1301), size=16)
+        wait_for(lambda: len(published(s)) == 401, 90)
+        assert svc.wait_idle(20)
+        stop.set()
+        t.join()
+    assert peak[0] <= 100 + 300  # the cap, plus frames joining the one sequence already settling
+    [seq] = [r for r in rows(s) if r.publish.frames]
+    assert (seq.publish.frames, seq.publish.frame_count, seq.publish.missing_frames) == ("1001-1300", 300, None)
+    assert len({r.publish.path for r in rows(s)}) == 401
+    assert "max_settling_files" in caplog.text

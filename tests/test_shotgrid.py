@@ -448,7 +448,8 @@ def test_create_is_never_retried_blindly(fake, make, studio):
     job.uncertain = True
     backend.publish(job)  # searches, finds nothing, creates
     assert len(fake.records("PublishedFile")) == 1
-    assert len(fake.requests_to("POST", "/entity/published_files/_search")) == 1
+    # the folder listing before the first create (adoption), then the probe after the uncertain outcome
+    assert len(fake.requests_to("POST", "/entity/published_files/_search")) == 2
 
 
 def test_lost_response_does_not_duplicate(fake, make, studio):
@@ -740,3 +741,67 @@ def test_fake_enforces_the_wire_format(fake):
     assert r.json()["data"] == [] and "next" in r.json()["links"]
     r = c.post("/entity/projects/_search", {"filters": [["name", "is", "DEMO PROJECT"]], "fields": ["name"]}, ARRAY_CT)
     assert [d["id"] for d in r.json()["data"]] == [p["id"]]
+
+
+# ---- tracker frame range (expect_frames: tracker) -------------------------------------------------
+
+def test_frame_range_from_the_shots_cut_in_and_out_read_once(fake, make, studio):
+    fake.update("Shot", fake.seed["shot"]["id"], {"sg_cut_in": 1001, "sg_cut_out": 1100})
+    b = make()
+    p = frame_sequence(studio, count=10)
+    assert b.frame_range(p) == (1001, 1100)
+    assert b.frame_range(nuke_script(studio)) == (1001, 1100)  # another publish of the same shot
+    reads = fake.requests_to("GET", f"/entity/shots/{fake.seed['shot']['id']}")
+    assert len(reads) == 1  # looked up once per entity (cache_ttl)
+    assert reads[0].query["fields"] == ["sg_cut_in,sg_cut_out"]
+
+
+def test_frame_range_head_and_tail_fields_by_setting(fake, make, studio):
+    fake.add_field("Shot", "sg_head_in", "number")
+    fake.add_field("Shot", "sg_tail_out", "number")
+    fake.update("Shot", fake.seed["shot"]["id"], {"sg_cut_in": 1009, "sg_cut_out": 1090,
+                                                  "sg_head_in": 993, "sg_tail_out": 1106})
+    assert make(frame_range_fields=["sg_head_in", "sg_tail_out"]).frame_range(nuke_script(studio)) == (993, 1106)
+    assert make().frame_range(nuke_script(studio)) == (1009, 1090)
+
+
+def test_frame_range_missing_values_or_shot_is_none(fake, make, studio):
+    fake.update("Shot", fake.seed["shot"]["id"], {"sg_cut_in": 1001})  # no cut out
+    b = make(cache_ttl=0)
+    assert b.frame_range(nuke_script(studio)) is None
+    assert b.frame_range(nuke_script(studio, shot="sh999")) is None  # no such shot: nothing created
+    assert fake.find("Shot", code="sh999") == []
+    assert b.frame_range(nuke_script(studio, entity=None)) is None
+    fake.update("Shot", fake.seed["shot"]["id"], {"sg_cut_out": 1050})
+    assert b.frame_range(nuke_script(studio)) == (1001, 1050)  # cache_ttl 0: read again
+
+
+def test_frame_range_refusal_is_permanent_in_shotgrids_words(fake, make, studio):
+    b = make()
+    fake.reply(403, method="GET", path=r"/entity/shots/\d+$",
+               body={"errors": [{"status": 403, "title": "Permission denied", "detail": "no read access to Shot"}]})
+    with pytest.raises(PermanentError, match="sg_cut_in/sg_cut_out of Shot 'sh010'.*no read access to Shot"):
+        b.frame_range(nuke_script(studio))
+
+
+# ---- amend (a late write, republish: update) -------------------------------------------------------
+
+def test_amend_updates_the_published_file_and_its_review_version(fake, make, studio):
+    fake.add_field("PublishedFile", "sg_frame_range", "text")
+    b = make(frame_range_field="sg_frame_range", version_for_review=True)
+    p = frame_sequence(studio, count=10, missing={1005})
+    job = job_for(p)
+    ref = b.publish(job)
+    state = dict(job.saved[-1])
+    # the late frames land: 1005 and 1011-1020
+    later = frame_sequence(studio, count=20, description="the whole shot")
+    amend = Job(id=1, publish=later, state=state, amend=True, previous_id=ref.id)
+    again = make(frame_range_field="sg_frame_range", version_for_review=True).publish(amend)
+    assert again.id == ref.id
+    [pf] = fake.records("PublishedFile")
+    assert (pf["sg_frame_range"], pf["description"]) == ("1001-1020", "the whole shot")
+    assert (pf["path_cache"], pf["version_number"]) == (p.path[len(str(studio)) + 1:], 2)
+    [version] = fake.records("Version")
+    assert (version["sg_first_frame"], version["sg_last_frame"], version["frame_count"],
+            version["frame_range"]) == (1001, 1020, 20, "1001-1020")
+    assert len(creates(fake, "published_files")) == 1 and len(creates(fake, "versions")) == 1

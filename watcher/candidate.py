@@ -11,6 +11,7 @@ from typing import Any
 
 from fileseq import FrameSet
 
+from .completion import Signals
 from .model import Entity, Publish
 
 
@@ -21,6 +22,17 @@ class Windows:
     settle: float  # file quiet window, seconds
     sequence: float  # sequence quiet window, seconds
     open_timeout: float  # a file created but never closed counts as closed after this quiet time
+    first_frame_wait: float = 0.0  # a sequence seen as one frame waits this long for the next
+    pace_factor: float = 1.0  # a sequence's window stretches to this x the longest gap between frames
+    max_wait: float = 4 * 3600.0  # no window stretches beyond this
+
+    def sequence_window(self, frames: int, max_gap: float) -> float:
+        """Quiet time after the newest frame before a sequence counts as complete: a farm that
+        writes a frame every 8 s is still arriving after 5 s of quiet."""
+        w = max(self.sequence, self.pace_factor * max_gap)
+        if frames == 1:
+            w = max(w, self.first_frame_wait)
+        return min(w, self.max_wait)
 
 
 @dataclass(slots=True)
@@ -42,6 +54,8 @@ class RootScope:
     path: str
     project: str | None = None
     entity: Entity | None = None
+    tracker_project: str | None = None  # `tracker.project`: the project when nothing nearer names one
+    existing: str = "publish"  # `existing: baseline`: publishes carry when their files arrived (``arrived``)
 
     def entity_for(self, rule: Any) -> Entity | None:
         """The root's pinned entity (a vendor drop folder), else the publishes rule's."""
@@ -52,7 +66,9 @@ class RootScope:
         return None
 
     def project_for(self, rule: Any) -> str | None:
-        return self.project or rule.project
+        """The root's pinned project, else the publishes rule's (or its ``Project`` field), else
+        the tracker's: the project the publish goes to, so `publishes --json` can show it."""
+        return self.project or rule.project or self.tracker_project
 
 
 @dataclass
@@ -61,9 +77,16 @@ class Candidate:
     scope: RootScope
     match: Any  # watcher.match.Match of the first file seen
     windows: Windows
+    signals: Signals = field(default_factory=Signals)
     files: dict[str, FileState] = field(default_factory=dict)
     last_arrival: float = 0.0  # monotonic: when the newest member joined (sequence quiet window)
+    max_gap: float = 0.0  # longest time between two frames arriving: the sequence's pace
     deadline: float = 0.0
+
+    @property
+    def born(self) -> float:
+        """Wall time of its oldest file (max_wait counts from it, across restarts)."""
+        return min(f.mtime_ns for f in self.files.values()) / 1e9 if self.files else 0.0
 
     @property
     def is_sequence(self) -> bool:
@@ -121,7 +144,23 @@ def build_publish(cand: Candidate, *, key: str | None = None, version: int | Non
         frames=frames, missing_frames=missing, frame_count=count,
         padding=m.padding if cand.is_sequence else 0, size=size, mtime=mtime,
         fields=fields, review=spec.review,
+        arrived=_arrived(members) if cand.scope.existing == "baseline" else None,
     )
+
+
+def _arrived(members: dict[str, tuple[int | None, int, int]]) -> float:
+    """When the newest of these files arrived on this disk: the latest mtime or ctime (rsync,
+    Aspera and ``cp -p`` keep a file's mtime but cannot keep its ctime; a file gone since counts
+    by its mtime)."""
+    out = 0.0
+    for p, (_frame, _size, mtime_ns) in members.items():
+        t = mtime_ns / 1e9
+        try:
+            t = max(t, os.stat(p).st_ctime)
+        except OSError:
+            pass
+        out = max(out, t)
+    return out
 
 
 def _frame_of(match: Any, root_path: str, path: str) -> int | None:

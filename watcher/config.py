@@ -3,22 +3,42 @@
 and start-up stops there (exit code 2)."""
 from __future__ import annotations
 
+import difflib
+import hashlib
+import ipaddress
+import json
 import os
+import socket
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .errors import ConfigError
 
 DEFAULT_CONFIG = "watcher.yml"
+ENV_PREFIX = "WATCHER_"
+# Environment variables that are not settings (read by the CLI or the tests, never validated).
+NOT_SETTINGS = {"WATCHER_CONFIG", "WATCHER_SOAK_SEED"}
 
 
-def default_state_dir() -> Path:
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    return Path(base) / "watcher"
+def default_state_dir(config_file: Path | None = None, journal: str | None = None) -> Path:
+    """Where ``status.json`` (and the default journal) live when ``state_dir`` is not set, so
+    that two configurations never share one: ``$STATE_DIRECTORY`` under systemd (its first
+    entry), else the folder of a SQLite journal, else one folder per configuration file under
+    ``$XDG_STATE_HOME/watcher`` (``~/.local/state/watcher/<name>-<hash of its path>``)."""
+    systemd = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    if systemd:
+        return Path(systemd)
+    if journal and journal.startswith("sqlite:///"):
+        return Path(journal[len("sqlite:///"):]).parent
+    base = Path(os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state"))
+    if config_file is None:
+        return base / "watcher"
+    digest = hashlib.sha256(str(config_file).encode()).hexdigest()[:8]
+    return base / "watcher" / f"{config_file.stem}-{digest}"
 
 
 class EntityScope(BaseModel):
@@ -42,8 +62,83 @@ class RootSettings(BaseModel):
     settle_seconds: float | None = Field(default=None, ge=0)
     sequence_settle_seconds: float | None = Field(default=None, ge=0)
     republish: Literal["never", "new_version", "update"] = "never"
+    # files already on disk before the journal first saw this root: published like new ones, or
+    # recorded as baseline (known, never published); see README "Adopting watcher on an existing tree"
+    existing: Literal["publish", "baseline"] = "publish"
     project: str | None = None
     entity: EntityScope | None = None
+    on_publish: list[str] = Field(default_factory=list)  # webhook URLs, added to the global ones
+
+    @field_validator("on_publish")
+    @classmethod
+    def _urls(cls, v: list[str]) -> list[str]:
+        return _webhook_urls(v)
+
+
+def _webhook_urls(v: list[str]) -> list[str]:
+    for url in v:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"{url!r} is not an http:// or https:// URL")
+    return v
+
+
+def parse_http_address(text: str) -> tuple[str, int]:
+    """``"127.0.0.1:9464"``, ``"[::1]:9464"``, ``":9464"`` (loopback) -> (host, port)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:  # 0: any free port
+        raise ValueError(f"{text!r} is not HOST:PORT (for example 127.0.0.1:9464)")
+    host = host.strip("[]") or "127.0.0.1"
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """True when every address ``host`` stands for is a loopback address (127.0.0.0/8, ::1).
+    An empty host, ``0.0.0.0`` and ``::`` mean every interface: not loopback."""
+    host = host.strip("[]")
+    if not host:
+        return False
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(i[4][0].split("%")[0]).is_loopback for i in infos)
+
+
+def read_token(path: str | os.PathLike[str]) -> str:
+    """The token in ``path`` (surrounding whitespace stripped); refuses an empty file."""
+    try:
+        token = Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"http_token_file: cannot read {path}: {exc.strerror or exc}") from None
+    if not token:
+        raise ConfigError(f"http_token_file: {path} is empty; put a token in it")
+    return token
+
+
+def http_problem(http: str | None, token_file: Path | None) -> str | None:
+    """Why ``http`` cannot be used as configured (None: it can)."""
+    if not http:
+        return None
+    try:
+        host, _ = parse_http_address(http)
+    except ValueError as exc:
+        return str(exc)
+    if not is_loopback(host) and token_file is None:
+        return (f"{http} is not a loopback address; set http_token_file to a file holding a token "
+                "(clients then send 'Authorization: Bearer TOKEN')")
+    return None
+
+
+class HealthSettings(BaseModel):
+    """Thresholds of `watcher status` and ``/healthz``."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_pending_age: float = Field(default=3600.0, gt=0)  # oldest pending publish older than this: unhealthy
+    fail_on_failed: bool = True  # parked (failed) publishes or webhook deliveries make the agent unhealthy
 
 
 class TrackerSettings(BaseModel):
@@ -64,28 +159,66 @@ class Settings(BaseSettings):
     roots: list[RootSettings] = Field(min_length=1)
     settle_seconds: float = Field(default=5.0, ge=0)
     sequence_settle_seconds: float | None = Field(default=None, ge=0)
-    state_dir: Path = Field(default_factory=default_state_dir)
+    # a sequence seen as one frame waits this long for a second (a farm's first frame may come
+    # well before the next); a sequence's quiet window stretches to pace_factor x the longest gap
+    # seen between its frames; max_wait bounds every wait, after it a candidate is decided
+    first_frame_wait: float = Field(default=30.0, ge=0)
+    pace_factor: float = Field(default=3.0, ge=1)
+    max_wait: float = Field(default=4 * 3600.0, gt=0)
+    # a file rewritten this soon after its publish amends that publish (same record, new size)
+    amend_window: float = Field(default=300.0, ge=0)
+    state_dir: Path | None = None  # resolved by load_settings / the validator: see default_state_dir
     journal: str | None = None
     tracker: TrackerSettings = Field(default_factory=TrackerSettings)
     workers: int = Field(default=4, ge=1, le=64)
     max_attempts: int = Field(default=8, ge=1)
+    # files held in memory while they settle; beyond it, new arrivals are left on disk and their
+    # folders rescanned once the backlog drains (a huge drop cannot exhaust memory)
+    max_settling_files: int = Field(default=500_000, ge=100)
     retry_base_seconds: float = Field(default=2.0, gt=0)
     retry_cap_seconds: float = Field(default=600.0, gt=0)
     rescan_interval: float = Field(default=3600.0, ge=0)
+    # a publish being made is its agent's this long without renewal (renewed every sixth of it);
+    # a frozen or cut-off agent's claims move to another agent after it
+    lease_seconds: float = Field(default=900.0, ge=5)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
+    http: str | None = None  # "127.0.0.1:9464": /metrics and /healthz; off when unset
+    http_token_file: Path | None = None  # required when http binds anything but loopback
+    on_publish: list[str] = Field(default_factory=list)  # webhook URLs for every root
+    webhook_secret: SecretStr | None = None  # HMAC-SHA256 key; or webhook_secret_file
+    webhook_secret_file: Path | None = None
+    webhook_max_attempts: int = Field(default=20, ge=1)
+    webhook_timeout: float = Field(default=10.0, gt=0)
+    health: HealthSettings = Field(default_factory=HealthSettings)
     config_file: Path | None = Field(default=None, exclude=True)
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
                                    env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
                                    file_secret_settings: PydanticBaseSettingsSource) -> tuple[PydanticBaseSettingsSource, ...]:
-        # The environment overrides the file (init carries the YAML).
-        return (env_settings, init_settings)
+        # Only what the caller passes: load_settings merges the environment into the file itself
+        # (list-aware, so WATCHER_ROOTS__0__PATH works, and errors name the variable).
+        return (init_settings,)
+
+    @field_validator("on_publish")
+    @classmethod
+    def _hook_urls(cls, v: list[str]) -> list[str]:
+        return _webhook_urls(v)
+
+    @field_validator("http")
+    @classmethod
+    def _http(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_http_address(v)
+        return v
 
     @field_validator("journal")
     @classmethod
     def _journal_url(cls, v: str | None) -> str | None:
+        if v is not None and "://" not in v:  # a plain path holds no password: safe to echo
+            raise ValueError(f"{v!r} is a path, not a journal URL; write sqlite:///{v} "
+                             "(four slashes for an absolute path) or postgresql://user@host/db")
         if v is not None and not v.startswith(("sqlite://", "postgresql://", "postgres://")):
             scheme = v.split("://", 1)[0] if "://" in v else v[:12]  # never echo a password in the URL
             raise ValueError(f"'{scheme}://...' is not a journal URL; use sqlite:////abs/path.db or "
@@ -99,7 +232,27 @@ class Settings(BaseSettings):
             if root.name in seen:
                 raise ValueError(f"two roots are named {root.name!r}; root names must be unique")
             seen.add(root.name)
+        problem = http_problem(self.http, self.http_token_file)
+        if problem:
+            raise ValueError(f"http: {problem}")
+        if self.state_dir is None:
+            self.state_dir = default_state_dir(None, self.journal)
         return self
+
+    def webhook_key(self) -> bytes | None:
+        """The HMAC key for webhook signatures (None: deliveries are not signed)."""
+        from .secrets import read_secret
+
+        text = read_secret(self.webhook_secret, self.webhook_secret_file, "webhook_secret", required=False)
+        return text.encode() if text else None
+
+    def http_token(self) -> str | None:
+        return None if self.http_token_file is None else read_token(self.http_token_file)
+
+    def hooks_for(self, root: str) -> list[str]:
+        """Webhook URLs for a publish of ``root``: the global ones, then the root's own."""
+        own = next((r.on_publish for r in self.roots if r.name == root), [])
+        return list(dict.fromkeys([*self.on_publish, *own]))
 
     def journal_url(self) -> str:
         return self.journal or f"sqlite:///{self.state_dir / 'journal.db'}"
@@ -107,6 +260,10 @@ class Settings(BaseSettings):
     def settle_for(self, root: RootSettings) -> tuple[float, float]:
         """(file quiet window, sequence quiet window) in force for a root."""
         settle = root.settle_seconds if root.settle_seconds is not None else self.settle_seconds
+        if root.settle_seconds is None and root.observer == "polling":
+            # NFS/SMB: another host's writes show only at the next poll, and attribute caches
+            # (actimeo) can hide growth for seconds more: be patient by default
+            settle = max(settle, 3 * root.poll_interval)
         seq = root.sequence_settle_seconds if root.sequence_settle_seconds is not None else self.sequence_settle_seconds
         return settle, settle if seq is None else seq
 
@@ -122,7 +279,29 @@ def key_path(loc: tuple[Any, ...]) -> str:
     return out or "(top level)"
 
 
-def format_validation(source: str, exc: ValidationError, prefix: str = "") -> str:
+def _fields_at(model: Any, loc: tuple[Any, ...]) -> list[str]:
+    """The setting names valid at ``loc`` (for "did you mean"); [] when unknown (extras)."""
+    from typing import get_args
+
+    for part in loc:
+        if isinstance(part, int) or model is None:
+            continue
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        nxt = None
+        for t in (field.annotation, *get_args(field.annotation)):
+            for a in (t, *get_args(t)):
+                if isinstance(a, type) and issubclass(a, BaseModel):
+                    nxt = a
+        model = nxt
+    return list(getattr(model, "model_fields", {})) if model is not None else []
+
+
+def format_validation(source: str, exc: ValidationError, prefix: str = "",
+                      env: Mapping[tuple[str, ...], str] | None = None, model: Any = None) -> str:
+    """One line per problem: ``SOURCE: key.path: reason``. ``env`` maps key paths set from the
+    environment to their variable, which is then named instead of the file."""
     lines = []
     for err in exc.errors(include_input=False, include_url=False):
         loc = tuple(p for p in err["loc"] if p not in ("function-after", "function-before"))
@@ -131,14 +310,80 @@ def format_validation(source: str, exc: ValidationError, prefix: str = "") -> st
             path = prefix + ("" if path.startswith("[") else ".") + path if loc else prefix
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            msg = "unknown setting (check the spelling; see `watcher init` for the reference)"
-        lines.append(f"{source}: {path}: {msg}")
+            valid = (_fields_at(model, loc[:-1]) if model is not None
+                     else _fields_at(Settings, (*prefix.split("."), *loc[:-1]) if prefix else loc[:-1]))
+            valid = [v for v in valid if v != "config_file"]
+            close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.6) if loc else []
+            msg = (f"unknown setting; did you mean {close[0]!r}?" if close
+                   else "unknown setting (check the spelling; see `watcher init` for the reference)")
+        where = source
+        full = tuple(str(p).lower() for p in ((*prefix.split("."), *loc) if prefix else loc))
+        for keys, var in (env or {}).items():
+            if full[:len(keys)] == keys:
+                where = f"{var} (environment)"
+                break
+        lines.append(f"{where}: {path}: {msg}")
     return "\n".join(lines)
 
 
-def load_settings(path: str | os.PathLike[str] | None = None, *, check_paths: bool = True) -> Settings:
+def env_overrides(environ: Mapping[str, str]) -> dict[tuple[str, ...], tuple[str, Any]]:
+    """``WATCHER_A__B__0__C=v`` -> {("a", "b", "0", "c"): ("WATCHER_A__B__0__C", v)}. A value
+    that is a JSON list or object (``WATCHER_ON_PUBLISH='["https://..."]'``) is decoded."""
+    out: dict[tuple[str, ...], tuple[str, Any]] = {}
+    for var, value in sorted(environ.items()):
+        if not var.upper().startswith(ENV_PREFIX) or var.upper() in NOT_SETTINGS:
+            continue
+        keys = tuple(k.lower() for k in var[len(ENV_PREFIX):].split("__"))
+        if not all(keys):
+            continue
+        parsed: Any = value
+        if value.strip().startswith(("[", "{")):
+            try:
+                parsed = json.loads(value)
+            except ValueError:
+                pass
+        out[keys] = (var, parsed)
+    return out
+
+
+def apply_env(data: dict[str, Any], overrides: Mapping[tuple[str, ...], tuple[str, Any]]) -> dict[str, Any]:
+    """Merge the environment over the file's data. A number after a list setting indexes it
+    (``WATCHER_ROOTS__0__PATH``); the index one past the end appends an entry."""
+    for keys, (var, value) in overrides.items():
+        node: Any = data
+        for i, k in enumerate(keys):
+            last = i == len(keys) - 1
+            if isinstance(node, list):
+                if not k.isdigit() or int(k) > len(node):
+                    raise ConfigError(f"{var} (environment): {key_path(keys[:i])} has {len(node)} entries; "
+                                      f"use an index from 0 to {len(node)}")
+                idx = int(k)
+                if idx == len(node):
+                    node.append({})
+                if last:
+                    node[idx] = value
+                else:
+                    if not isinstance(node[idx], (dict, list)):
+                        node[idx] = {}
+                    node = node[idx]
+                continue
+            if not isinstance(node, dict):
+                raise ConfigError(f"{var} (environment): {key_path(keys[:i])} is not a mapping")
+            match = next((n for n in node if isinstance(n, str) and n.lower() == k), k)
+            if last:
+                node[match] = value
+            else:
+                if not isinstance(node.get(match), (dict, list)):
+                    node[match] = {}
+                node = node[match]
+    return data
+
+
+def load_settings(path: str | os.PathLike[str] | None = None, *, check_paths: bool = True,
+                  environ: Mapping[str, str] | None = None) -> Settings:
     """Read, validate and resolve the configuration. Relative paths in the file resolve
-    against the file's folder. Raises ``ConfigError`` with one line per problem."""
+    against the file's folder; ``WATCHER_*`` variables override the file. Raises
+    ``ConfigError`` with one line per problem, naming the file or the variable."""
     cfg = Path(path or os.environ.get("WATCHER_CONFIG") or DEFAULT_CONFIG)
     source = str(cfg)
     try:
@@ -156,28 +401,54 @@ def load_settings(path: str | os.PathLike[str] | None = None, *, check_paths: bo
         raise ConfigError(f"{source}:{where}: invalid YAML: {problem}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of settings, not {type(data).__name__}")
+    overrides = env_overrides(os.environ if environ is None else environ)
+    data = apply_env(data, overrides)
+    env_keys = {keys: var for keys, (var, _) in overrides.items()}
     try:
         settings = Settings(**data)
     except ValidationError as exc:
-        raise ConfigError(format_validation(source, exc)) from None
+        raise ConfigError(format_validation(source, exc, env=env_keys)) from None
     base = cfg.resolve().parent
     settings.config_file = cfg.resolve()
     problems = []
     for i, root in enumerate(settings.roots):
-        root.path = _resolve(base, root.path)
+        # as the studio declares it (a symlinked mount, autofs): what the tracker is sent and
+        # what storages are matched against; containment checks use the real path (roots.py)
+        root.path = _absolute(base, root.path)
         root.templates = _resolve(base, root.templates)
         if check_paths and not root.path.is_dir():
             what = "does not exist" if not root.path.exists() else "is not a directory"
-            problems.append(f"{source}: roots[{i}].path: {root.path} {what}")
+            problems.append(f"{_source(source, env_keys, ('roots', str(i), 'path'))}: roots[{i}].path: {root.path} {what}")
         if not root.templates.is_file():
-            problems.append(f"{source}: roots[{i}].templates: {root.templates} does not exist")
-    settings.state_dir = _resolve(base, settings.state_dir)
+            problems.append(f"{_source(source, env_keys, ('roots', str(i), 'templates'))}: roots[{i}].templates: "
+                            f"{root.templates} does not exist")
     if settings.journal and settings.journal.startswith("sqlite:///") and not settings.journal.startswith("sqlite:////"):
         rel = settings.journal[len("sqlite:///"):]
         settings.journal = f"sqlite:///{_resolve(base, Path(rel))}"
+    if "state_dir" in data:
+        settings.state_dir = _resolve(base, Path(data["state_dir"]))
+    else:
+        settings.state_dir = default_state_dir(settings.config_file, settings.journal)
+    for attr in ("http_token_file", "webhook_secret_file"):
+        if getattr(settings, attr) is not None:
+            setattr(settings, attr, _resolve(base, getattr(settings, attr)))
     if problems:
         raise ConfigError("\n".join(problems))
     return settings
+
+
+def _source(source: str, env: Mapping[tuple[str, ...], str], keys: tuple[str, ...]) -> str:
+    for k, var in env.items():
+        if keys[:len(k)] == k:
+            return f"{var} (environment)"
+    return source
+
+
+def _absolute(base: Path, p: Path) -> Path:
+    """Absolute and normalised, symbolic links kept (``/mnt/show`` stays ``/mnt/show`` when it
+    links to ``/net/fs3/show``)."""
+    p = Path(os.path.expandvars(str(p))).expanduser()
+    return Path(os.path.normpath(p if p.is_absolute() else base / p))
 
 
 def _resolve(base: Path, p: Path) -> Path:
@@ -206,12 +477,23 @@ roots:
     # poll_interval: 10
     # ignore: ["*.bak", "scratch/**"] # globs on the path relative to the root
     # republish: never                # a file changed after its publish: never | new_version | update
+    existing: publish                 # files already in the tree when watcher first starts on it:
+    #                                 #   publish  = published like new files (years of work become publishes)
+    #                                 #   baseline = recorded as known, never published; only what arrives
+    #                                 #              after the first start publishes. Or run `watcher baseline`
+    #                                 #              once before the first start. `watcher check` counts them.
     # project: My Show                # pin a vendor drop folder to one project...
     # entity: {{type: Shot, name: sh010}}  # ...and one entity
 
 settle_seconds: 5                     # a file is complete when unchanged for this long
 # sequence_settle_seconds: 10         # a sequence when no new frame came for this long
-journal: sqlite:///{journal}          # or postgresql://user@host/db to share the work
+# state_dir: /var/lib/watcher         # status.json and the default journal. Default: $STATE_DIRECTORY under
+#                                     # systemd, else beside a SQLite journal, else one folder per config file
+#                                     # under ~/.local/state/watcher (here: {state_dir})
+# journal: sqlite:////var/lib/watcher/journal.db  # default: <state_dir>/journal.db;
+#                                     # postgresql://user@host/db to share the work between machines
+# http: 127.0.0.1:9464                # /metrics (Prometheus) and /healthz; other addresses need http_token_file
+# on_publish: [https://hooks.example/transcode]  # webhooks, signed with webhook_secret_file (HMAC-SHA256)
 tracker:
   backend: local                      # local | shotgrid | ftrack | kitsu
 workers: 4

@@ -42,6 +42,10 @@ class Publish:
     fields: dict[str, Any] = field(default_factory=dict)
     description: str = ""
     review: bool = False  # the template's publishes rule asks for a review item
+    # when its newest file arrived on this disk (max of mtime and ctime: copies keep mtimes, not
+    # ctimes); set only on roots with `existing: baseline`, for the journal to tell files that
+    # were there before it first saw the root (recorded as baseline, never published)
+    arrived: float | None = None
 
     @property
     def is_sequence(self) -> bool:
@@ -97,10 +101,13 @@ class Publish:
 
 @dataclass(frozen=True)
 class TrackerRef:
-    """What the tracker answered: its id for the publish, and a link when it has one."""
+    """What the tracker answered: its id for the publish, and a link when it has one.
+    ``adopted``: the record already existed (a peer tool registered the same file) and was
+    taken as this publish instead of creating a duplicate."""
 
     id: str
     url: str | None = None
+    adopted: bool = False
 
 
 @dataclass
@@ -119,6 +126,11 @@ class Job:
     uncertain: bool = False
     state: dict[str, Any] = field(default_factory=dict)
     save_state: Callable[[dict[str, Any]], None] = lambda _state: None
+    # This publish was made before and its files changed (a late write within the amend window,
+    # or ``republish: update``): update the tracker record ``previous_id`` in place (size,
+    # frames, checksum) instead of creating one. ``state`` still holds the first publish's ids.
+    amend: bool = False
+    previous_id: str | None = None
 
     def remember(self, **values: Any) -> None:
         """Merge values into ``state`` and persist them before continuing."""

@@ -16,6 +16,7 @@ import logging
 import os
 import queue
 import threading
+import time
 import warnings
 from typing import Callable
 
@@ -128,15 +129,25 @@ def native_observer(root: str, path: str, handler: Translator, on_overflow: Call
 class DirPoller(threading.Thread):
     """Polling for network mounts. Keeps each directory's mtime and listing; a cycle stats every
     directory and lists only the ones whose mtime moved. New files come out as ``seen`` (the
-    settle stage stats them until they are quiet); vanished ones as ``deleted``."""
+    settle stage stats them until they are quiet); vanished ones as ``deleted``.
+
+    A rewrite in place does not move its directory's mtime, so files that appeared recently stay
+    "hot" for ``hot_seconds`` and are stat'd every cycle: a writer that paused longer than the
+    settle window (published short) or a save right after a publish is seen within a cycle or
+    two, not at the next periodic rescan."""
+
+    MAX_HOT = 50_000  # files re-stat'd per cycle at most (the oldest leave first)
 
     def __init__(self, root: str, path: str, interval: float, out: "queue.Queue[Event]",
-                 ignored_dir: Callable[[str], bool]) -> None:
+                 ignored_dir: Callable[[str], bool], *, hot_seconds: float = 600.0) -> None:
         super().__init__(name=f"poll-{root}", daemon=True)
         self.root, self.path, self.interval, self.out = root, path.rstrip("/"), interval, out
         self.ignored_dir = ignored_dir
+        self.hot_seconds = hot_seconds
         self._halt = threading.Event()
         self._dirs: dict[str, tuple[int, frozenset[str], frozenset[str]]] = {}
+        # path -> (hot until (monotonic), (size, mtime_ns) last seen or None before the first stat)
+        self._hot: dict[str, tuple[float, tuple[int, int] | None]] = {}
         self.cycles = 0
         self.error: BaseException | None = None
 
@@ -196,6 +207,28 @@ class DirPoller(threading.Thread):
             if mtime == old[0]:
                 continue
             self._relist(d, old)
+        self._restat_hot()
+
+    def _restat_hot(self) -> None:
+        now = time.monotonic()
+        for path, (until, seen) in list(self._hot.items()):
+            if now > until:
+                del self._hot[path]
+                continue
+            try:
+                st = os.stat(path)
+            except OSError:
+                del self._hot[path]  # gone: the directory listing reports it
+                continue
+            sig = (st.st_size, st.st_mtime_ns)
+            if seen is not None and sig != seen:
+                self.out.put(FsEvent(self.root, Kind.SEEN, path))  # rewritten in place
+            self._hot[path] = (until, sig)
+
+    def _heat(self, path: str) -> None:
+        if len(self._hot) >= self.MAX_HOT:
+            del self._hot[next(iter(self._hot))]
+        self._hot[path] = (time.monotonic() + self.hot_seconds, None)
 
     def _relist(self, d: str, old: tuple[int, frozenset[str], frozenset[str]] | None) -> None:
         snap = self._list(d)
@@ -206,7 +239,9 @@ class DirPoller(threading.Thread):
         old_files, old_dirs = (old[1], old[2]) if old else (frozenset(), frozenset())
         new_files = snap[1] - old_files
         for name in new_files:
-            self.out.put(FsEvent(self.root, Kind.SEEN, os.path.join(d, name)))
+            path = os.path.join(d, name)
+            self.out.put(FsEvent(self.root, Kind.SEEN, path))
+            self._heat(path)
         if new_files:
             self.out.put(DirListed(self.root, d))
         for name in old_files - snap[1]:

@@ -6,15 +6,17 @@ policy to publishes that already exist. Publisher workers take it from there.
 ``dry_run`` answers the same question without a journal write: what would a scan publish."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
+import re
 import threading
 import time
-from collections import Counter
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from .candidate import Candidate, build_publish, candidate_key
+from .completion import READY, Decision, RangeAnswer, RangeLookup, Verdict, decide, marker_path
 from .events import DirListed, Event, FsEvent, Kind, ScanDone
 from .ignore import COOKIE_PREFIX
 from .errors import JournalError
@@ -24,6 +26,7 @@ from .model import Publish
 from .roots import Refusal, RootRuntime
 from .scan import Scanner, ScanStats, walk
 from .settle import Settler
+from .unmatched import UnmatchedLog
 
 log = logging.getLogger("watcher")
 
@@ -54,7 +57,9 @@ class KeyCache:
 
 class Pipeline(threading.Thread):
     def __init__(self, roots: dict[str, RootRuntime], events: "queue.Queue[Event]", settler: Settler,
-                 scanner: Scanner, journal: Journal, on_journaled: Callable[[], None]) -> None:
+                 scanner: Scanner, journal: Journal, on_journaled: Callable[[], None], *,
+                 max_settling: int = 500_000, unmatched: UnmatchedLog | None = None,
+                 ranges: RangeLookup | None = None) -> None:
         super().__init__(name="pipeline", daemon=True)
         self.roots = roots
         self.events = events
@@ -63,7 +68,17 @@ class Pipeline(threading.Thread):
         self.journal = journal
         self.on_journaled = on_journaled
         self.committed = 0
-        self.unmatched: Counter[str] = Counter()  # root name -> files that matched no template
+        self.max_settling = max_settling
+        self.ranges = ranges  # the tracker's frame ranges (expect_frames: tracker)
+        self._held: dict[str, dict[str, Any]] = {}  # candidate key -> what it waits for
+        self._markers: set[str] = set()  # done markers held candidates wait for: never candidates
+        self.held_view: tuple[dict[str, Any], ...] = ()  # a snapshot for the status file (other threads)
+        # Folders whose new files were left on disk while the settler was full (Syncthing's
+        # aggregator does the same): rescanned once the backlog has drained to half.
+        self._deferred: dict[str, set[str]] = {}
+        self.deferred_files = 0
+        # files that matched no template or were ignored, with the reason (`watcher unmatched`)
+        self.unmatched_log = unmatched or UnmatchedLog(journal.db, roots=list(roots))
         self._halt = threading.Event()
         self._flowing = threading.Event()
         self._flowing.set()
@@ -73,6 +88,11 @@ class Pipeline(threading.Thread):
         self._cookies: dict[str, threading.Event] = {}
         self._cookie_n = 0
         self._lock = threading.Lock()  # guards _cookies (sync() runs on other threads)
+
+    @property
+    def unmatched(self) -> dict[str, int]:
+        """Root name -> files listed as unmatched or ignored now (per file, not per event)."""
+        return {name: self.unmatched_log.count(name) for name in self.roots}
 
     # -- control (any thread) ----------------------------------------------------------------
     def stop(self) -> None:
@@ -138,6 +158,18 @@ class Pipeline(threading.Thread):
         due = self.settler.due()
         if due:
             self.commit(due)
+        if self._held:
+            for key in [k for k in self._held if not self.settler.settling(k)]:  # its files went away
+                self._markers.discard(self._held.pop(key)["marker"])
+            self.held_view = tuple({k: v for k, v in h.items() if k != "marker"} for h in self._held.values())
+        else:
+            self.held_view = ()
+        try:
+            self.unmatched_log.flush()
+        except JournalError as exc:  # kept for the next flush
+            log.warning("journal: cannot record unmatched files: %s", exc)
+        if self._deferred and self.settler.pending_files <= self.max_settling // 2:
+            self._release_deferred()
 
     def handle(self, ev: Event) -> None:
         r = self.roots.get(ev.root)
@@ -156,9 +188,11 @@ class Pipeline(threading.Thread):
             self._file(r, ev.path, k, ev.synthetic)
         elif k is Kind.MOVED:
             self.settler.remove(ev.path)
+            self.unmatched_log.forget(ev.path)
             if ev.dest and r.relative(ev.dest) is not None:
                 self._file(r, ev.dest, Kind.MOVED, False)
         elif k is Kind.DELETED:
+            self.unmatched_log.forget(ev.path)
             if self.settler.remove(ev.path) is not None:
                 log.debug("%s deleted before it settled", ev.path)
         elif k is Kind.DIR_CREATED:
@@ -166,11 +200,13 @@ class Pipeline(threading.Thread):
             self.scanner.request(r.name, ev.path)
         elif k is Kind.DIR_MOVED:
             self.settler.remove_under(ev.path)
+            self.unmatched_log.forget_under(ev.path)
             if ev.dest and r.relative(ev.dest) is not None:
                 self._note_new_dir(ev.dest)
                 self.scanner.request(r.name, ev.dest)
         elif k is Kind.DIR_DELETED:
             self.settler.remove_under(ev.path)
+            self.unmatched_log.forget_under(ev.path)
 
     def _note_new_dir(self, path: str) -> None:
         now = time.monotonic()
@@ -194,6 +230,8 @@ class Pipeline(threading.Thread):
         rel = r.relative(path)
         if rel is None:
             return
+        if path in self._markers:  # a done marker: a signal, never a publish of its own
+            return
         if rel.startswith(COOKIE_PREFIX):
             with self._lock:
                 cookie = self._cookies.get(rel)
@@ -203,6 +241,10 @@ class Pipeline(threading.Thread):
         st = r.admit(rel, path)
         if isinstance(st, Refusal):
             self.settler.remove(path)  # gone, or no longer a file we may publish
+            if st is Refusal.IGNORED:
+                self.unmatched_log.note(r.name, path, lambda: (None, Refusal.IGNORED.value))
+            else:
+                self.unmatched_log.forget(path)
             return
         if kind is Kind.CREATED and not synthetic:
             synthetic = self._in_new_dir(r, path)
@@ -210,48 +252,142 @@ class Pipeline(threading.Thread):
             return
         m = r.templates.match(rel)
         if not m:
-            self.unmatched[r.name] += 1
-            log.debug("%s: no template: %s", path, m)  # the reason is worked out only if logged
+            self.unmatched_log.note(r.name, path, lambda: (m.closest, str(m)))  # worked out once per file
             return
+        self.unmatched_log.forget(path)
         if m.publish is None:
             return
-        self.settler.offer(self._keys.key(r.name, m), r.scope, m, r.windows, path, kind, synthetic=synthetic, st=st)
+        key = self._keys.key(r.name, m)
+        # Past the cap no new candidate starts; frames of a settling sequence still join it, so a
+        # sequence is never split between memory and disk (a candidate's frames are what it needs).
+        if self.settler.pending_files >= self.max_settling and not self.settler.settling(key):
+            self._defer(r, path)
+            return
+        windows, signals = r.completion_for(m.template)
+        self.settler.offer(key, r.scope, m, windows, path, kind, synthetic=synthetic, st=st, signals=signals)
 
     # -- commit ------------------------------------------------------------------------------
     def commit(self, cands: list[Candidate]) -> None:
         """Settled candidates go into the journal (before anything is sent): the new ones in one
-        transaction (group commit), those whose key is journaled already through the root's
-        republish policy."""
-        ready = []
+        transaction (group commit), those whose key is journaled already through the amend
+        window and the root's republish policy. A candidate still missing a completion signal
+        (expected frames, a done marker, holes) is held, up to its max_wait."""
+        ready: list[Candidate] = []
         for cand in cands:
             if cand.is_sequence and self._incomplete_view(cand):
                 self.settler.hold(cand, 0.05)
-            else:
+            elif self._restat(cand):
                 ready.append(cand)
         if not ready:
             return
         try:
             rows = self.journal.by_keys([c.key for c in ready])
-            new = [c for c in ready if c.key not in rows]
-            if new:
-                added = self.journal.add_many([(build_publish(c), _records(c)) for c in new])
+        except JournalError as exc:
+            self._journal_down(ready, exc)
+            return
+        new: list[tuple[Candidate, Publish]] = []
+        refused: list[tuple[Candidate, Publish, str]] = []
+        for cand in ready:
+            if cand.key in rows:
+                continue
+            pub = build_publish(cand)
+            verdict = self._decide(cand, pub)
+            if verdict.decision is Decision.HOLD:
+                self._hold(cand, pub, verdict)
+            elif verdict.decision is Decision.REFUSE:
+                refused.append((cand, pub, verdict.reason))
+            else:
+                new.append((cand, pub))
+        try:
+            if new or refused:
+                added = self.journal.add_many([(pub, _records(c)) for c, pub in new]
+                                              + [(pub, _records(c)) for c, pub, _ in refused])
                 self.committed += sum(created for _, created in added)
+                for (cand, pub, reason), (row_id, created) in zip(refused, added[len(new):]):
+                    if created:
+                        self.journal.refuse(row_id, reason)
+                        log.error("%s%s: refused: %s (parked as failed; `watcher retry %d` once fixed)", pub.path,
+                                  f" [{pub.frames}]" if pub.frames else "", reason, row_id)
+                for cand, _pub in new:
+                    self._unhold(cand)
+                for cand, _pub, _reason in refused:
+                    self._unhold(cand)
                 self.on_journaled()
-        except JournalError:
-            log.exception("journal: cannot record %d settled candidate(s); trying again in 5 s", len(ready))
-            for cand in ready:
-                self.settler.hold(cand, 5.0)
+        except JournalError as exc:
+            self._journal_down([c for c, _ in new] + [c for c, _, _ in refused], exc)
             return
         for cand in ready:
             row = rows.get(cand.key)
             if row is not None:
                 self._commit_known(cand, row)
 
+    def _journal_down(self, cands: list[Candidate], exc: Exception) -> None:
+        log.error("journal: cannot record %d settled candidate(s): %s; they stay in memory and are tried again "
+                  "in 5 s", len(cands), exc)
+        for cand in cands:
+            self.settler.hold(cand, 5.0)
+
+    def _restat(self, cand: Candidate) -> bool:
+        """Stat every file once more as it is journaled, so the journal never keeps a size that
+        changed after the settle check; a file that moved sends the candidate back to settle."""
+        now = time.monotonic()
+        moved = False
+        for path, f in list(cand.files.items()):
+            if now - f.checked_at < 0.05:
+                continue  # the settle check stat'd it a moment ago
+            try:
+                st = os.stat(path)
+            except OSError:
+                cand.files.pop(path)
+                moved = True
+                continue
+            if (st.st_size, st.st_mtime_ns) != (f.size, f.mtime_ns):
+                f.size, f.mtime_ns, f.changed_at, f.checked_at = st.st_size, st.st_mtime_ns, now, now
+                moved = True
+        if not cand.files:
+            return False
+        if moved:
+            self.settler.hold(cand, 0.0)  # its deadline is worked out again from the new changes
+            return False
+        return True
+
+    def _decide(self, cand: Candidate, pub: Publish) -> Verdict:
+        if not cand.signals.any:
+            return READY
+        ranges = self.ranges
+        try:
+            return decide(cand.signals, pub, born=cand.born, now=time.time(),
+                          tracker_range=ranges.get if ranges is not None else _no_tracker_range)
+        except ValueError as exc:
+            return Verdict(Decision.REFUSE, str(exc))
+
+    def _hold(self, cand: Candidate, pub: Publish, verdict: Verdict) -> None:
+        first = cand.key not in self._held
+        marker = marker_path(cand.signals, pub)
+        if marker:
+            self._markers.add(marker)
+            self.unmatched_log.forget(marker)
+        self._held[cand.key] = {"path": pub.path, "root": cand.scope.name, "frames": pub.frames,
+                                "missing_frames": pub.missing_frames, "waiting_for": verdict.reason,
+                                "since": cand.born, "decided_by": cand.born + cand.signals.max_wait,
+                                "marker": marker}
+        if first:
+            log.info("%s%s: held, %s (decided at the latest %.0f s from now)", pub.path,
+                     f" [{pub.frames}]" if pub.frames else "", verdict.reason,
+                     max(0.0, cand.born + cand.signals.max_wait - time.time()))
+        self.settler.hold(cand, verdict.delay)
+
+    def _unhold(self, cand: Candidate) -> None:
+        held = self._held.pop(cand.key, None)
+        if held is not None:
+            self._markers.discard(held["marker"])
+
     def _commit_known(self, cand: Candidate, row: Row) -> None:
         """A candidate whose key the journal holds: seen again, or changed since."""
         files = _records(cand)
         try:
-            known = self.journal.files_of(row.id)
+            known = {os.path.join(self.roots[root].path, rel): v for (root, rel), v in
+                     self.journal.files_of(row.id).items() if root in self.roots}
             changed = [p for p, f in cand.files.items() if known.get(p) != (f.size, f.mtime_ns)]
             if not changed:
                 return  # seen again (rescan, duplicate event): already journaled as it is
@@ -259,8 +395,26 @@ class Pipeline(threading.Thread):
                 self.settler.hold(cand, 1.0)  # decide once the running publish has ended
                 return
             extra = {p: v for p, v in known.items() if p not in cand.files and os.path.exists(p)}
-            if row.status == Status.PENDING:
-                self.journal.replace(row.id, build_publish(cand, extra_files=extra), files)
+            pub = build_publish(cand, extra_files=extra)
+            if row.status in (Status.PENDING, Status.FAILED):  # not made yet: it is made as it is now
+                verdict = self._decide(cand, pub)
+                if verdict.decision is Decision.HOLD:
+                    self._hold(cand, pub, verdict)
+                    return
+                self._unhold(cand)
+                self.journal.replace(row.id, pub, files)
+                if verdict.decision is Decision.REFUSE:
+                    self.journal.refuse(row.id, verdict.reason)
+                self.on_journaled()
+                return
+            window = cand.signals.amend_window
+            # a single file rewritten soon after its publish (a writer that reopens its file per
+            # chunk, a save right after a save): the same publish, amended; sequences that grow
+            # after their publish follow the republish policy (pace-awareness keeps that rare)
+            if not cand.is_sequence and row.published_at is not None and time.time() - row.published_at <= window:
+                log.info("%s: rewritten %.0f s after it was published; amending that publish (amend_window %.0f s)",
+                         row.publish.path, time.time() - row.published_at, window)
+                self.journal.replace(row.id, pub, files)
                 self.on_journaled()
                 return
             self._republish(row, cand, files, extra, changed)
@@ -270,12 +424,37 @@ class Pipeline(threading.Thread):
             log.error("journal: cannot record %s: %s; trying again in 5 s", row.publish.path, exc)
             self.settler.hold(cand, 5.0)
 
+    def _defer(self, r: RootRuntime, path: str) -> None:
+        if not self._deferred:
+            log.warning("settling %d files (max_settling_files); new files are left on disk and their folders "
+                        "rescanned once the backlog drains", self.settler.pending_files)
+        self._deferred.setdefault(r.name, set()).add(os.path.dirname(path))
+        self.deferred_files += 1
+
+    def _release_deferred(self) -> None:
+        dirs = sum(len(d) for d in self._deferred.values())
+        log.info("settling backlog drained; rescanning %d folder(s) whose %d new file(s) were left on disk",
+                 dirs, self.deferred_files)
+        for root, folders in self._deferred.items():
+            if len(folders) > 10_000:
+                self.scanner.request(root)  # cheaper as one walk than as thousands of requests
+                continue
+            for d in folders:
+                self.scanner.request(root, d)
+        self._deferred.clear()
+        self.deferred_files = 0
+
     def _incomplete_view(self, cand: Candidate) -> bool:
         """More frames of this sequence may be on their way: a scan is still listing its
-        directory, or a rescan is queued because events were lost. Publishing now could
-        publish half of it."""
+        directory, a rescan is queued because events were lost, or some of its frames were left
+        on disk while the settler was full. Publishing now could publish half of it."""
         dirs = {os.path.dirname(p) for p in cand.files}
         if self._listing and dirs & self._listing:
+            return True
+        deferred = self._deferred.get(cand.scope.name)
+        if deferred and dirs & deferred:
+            if self.events.empty():  # nothing else will drain the settler: fetch its frames now
+                self._release_deferred()
             return True
         return any(self.scanner.pending_for(cand.scope.name, d) for d in dirs)
 
@@ -283,6 +462,10 @@ class Pipeline(threading.Thread):
                    changed: list[str]) -> None:
         policy = self.roots[cand.scope.name].cfg.republish
         what = (f"{len(changed)} new or changed frame(s)" if cand.is_sequence else "the file changed")
+        if row.status == Status.BASELINE:  # on disk before watcher: known, never published, whatever the policy
+            log.info("%s: %s; it is baseline (on disk before watcher), so not published", row.publish.path, what)
+            self.journal.remember_files(row.id, files, f"{what}; baseline, not published")
+            return
         if policy == "never":
             log.warning("%s: %s after it was published (%s %s); republish: never, so not published again",
                         row.publish.path, what, row.tracker or "", row.tracker_id or "")
@@ -293,7 +476,7 @@ class Pipeline(threading.Thread):
             self.on_journaled()
         else:
             revisions = self.journal.keys_like(cand.key + "#r")
-            version = max([row.publish.version or 0] + [x.publish.version or 0 for x in revisions]) + 1
+            version = self._next_version(row, cand, revisions)
             key = f"{cand.key}#r{len(revisions) + 2}"
             log.warning("%s: %s after it was published; publishing it as version %d (republish: new_version)",
                         row.publish.path, what, version)
@@ -301,18 +484,130 @@ class Pipeline(threading.Thread):
             self.on_journaled()
 
 
+    def _next_version(self, row: Row, cand: Candidate, revisions: list[Row]) -> int:
+        """The next version number nobody uses (``republish: new_version``): above this publish's
+        own and its revisions', every journaled publish of the same template and fields but another
+        version (the artist's real v002, published as 2), and every sibling version of the same
+        template on disk, published or not (a v002 folder beside v001). The tracker is not asked:
+        the pipeline has no backend; what a peer tool published is on disk, or adopted."""
+        used = {row.publish.version or 0, *(x.publish.version or 0 for x in revisions)}
+        r = self.roots[cand.scope.name]
+        m = cand.match
+        vfield = _version_field(r, m)
+        if vfield is not None:
+            fields = {k: v for k, v in m.fields.items() if k != m.frame_key}
+            head = json.dumps({k: fields[k] for k in sorted(fields) if k < vfield}, sort_keys=True, default=str,
+                              ensure_ascii=False)
+            prefix = f"{r.name}:{m.template}:" + (head[:-1] + ", " if len(head) > 2 else "{") + json.dumps(vfield) + ": "
+            if cand.key.startswith(prefix):  # the key as candidate_key writes it: its siblings share this prefix
+                same = _comparable(fields, vfield)
+                used |= {x.publish.version for x in self.journal.keys_like(prefix)
+                         if x.publish.version is not None and x.publish.template == m.template
+                         and x.publish.root == r.name and _comparable(x.publish.fields, vfield) == same}
+            used |= _versions_on_disk(r, m, vfield)
+        return max(used) + 1
+
+
+def _version_field(r: RootRuntime, m: Any) -> str | None:
+    """The field that holds a match's version (the rule's ``version``, else ``version``), when
+    it is an int that is the publish's version."""
+    rule = r.templates.publish_rule(m.template)
+    name = (rule.version if rule is not None and rule.version else None) or "version"
+    value = m.fields.get(name)
+    if isinstance(value, bool) or not isinstance(value, int) or m.publish is None or m.publish.version != value:
+        return None
+    return name
+
+
+def _comparable(fields: dict[str, Any], vfield: str) -> str:
+    return json.dumps({k: v for k, v in fields.items() if k != vfield}, sort_keys=True, default=str, ensure_ascii=False)
+
+
+def _versions_on_disk(r: RootRuntime, m: Any, vfield: str) -> set[int]:
+    """Versions of the same template and fields found beside this one on disk: the path level
+    where the version first appears (a ``v001`` folder, or the file ``sh010_main_v001.nk``) is
+    listed, and each sibling that differs only by its version number (and, in the same level,
+    its frame) counts."""
+    template = r.templates.templates.get(m.template)
+    rel = m.relpath
+    if template is None or not rel:
+        return set()
+    for variant in template.variants:
+        for vals in variant.parses(rel):
+            if {f: v[1] for f, v in vals.items()} != m.fields:
+                continue
+            spans, pos = [], 0
+            for tok in variant.tokens:
+                n = len(tok) if isinstance(tok, str) else len(vals[tok.field][0])
+                if not isinstance(tok, str):
+                    spans.append((tok.field, pos, pos + n))
+                pos += n
+            first = next(((s, e) for f, s, e in spans if f == vfield), None)
+            if pos != len(rel) or first is None:
+                continue
+            lo = rel.rfind("/", 0, first[0]) + 1
+            hi = rel.find("/", first[1])
+            hi = len(rel) if hi < 0 else hi
+            pattern, at, named = "", lo, False
+            for f, s, e in spans:
+                if s < lo or e > hi or f not in (vfield, m.frame_key):
+                    continue
+                pattern += re.escape(rel[at:s])
+                if f == vfield:
+                    pattern += "(?P=v)" if named else "(?P<v>[0-9]+)"
+                    named = True
+                else:
+                    pattern += "-?[0-9]+"
+                at = e
+            rx = re.compile(pattern + re.escape(rel[at:hi]))
+            found = set()
+            try:
+                with os.scandir(os.path.join(r.path, rel[:lo])) as it:
+                    for entry in it:
+                        hit = rx.fullmatch(entry.name)
+                        if hit:
+                            found.add(int(hit.group("v")))
+            except OSError:
+                pass
+            return found
+    return set()
+
+
+def _no_tracker_range(publish: Publish) -> RangeAnswer:
+    return RangeAnswer(error="no tracker to ask (expect_frames: tracker needs a tracker backend)")
+
+
 def _records(cand: Candidate) -> list[FileRecord]:
-    return [FileRecord(os.path.dirname(p), os.path.basename(p), f.size, f.mtime_ns) for p, f in cand.files.items()]
+    """The journal's records of a candidate's files: root name + root-relative path."""
+    base = len(cand.scope.path) + 1
+    out = []
+    for p, f in cand.files.items():
+        d, _, name = p[base:].rpartition("/")
+        out.append(FileRecord(cand.scope.name, d, name, f.size, f.mtime_ns))
+    return out
 
 
-def dry_run(roots: list[RootRuntime], journal: Journal) -> tuple[list[Publish], ScanStats]:
-    """What a scan would publish now: the same walk, admission, matching and grouping as the
-    pipeline, minus what the journal already holds; nothing is written."""
-    settler = Settler()
-    keys = KeyCache()
-    stats = ScanStats()
+def on_disk(roots: list[RootRuntime], journal: Any, stats: ScanStats, *, known_keys: bool = False,
+            progress: Callable[[RootRuntime, ScanStats], None] | None = None) -> Iterator[tuple[Candidate, Row | None]]:
+    """The candidates on disk now, one root at a time: the start-up scan's walk (files the
+    journal knows are skipped without a stat), the pipeline's admission, matching and grouping.
+    Candidates whose key the journal holds are left out, or yielded with their row when
+    ``known_keys``. ``progress(root, stats)`` is called about every 10 s of the walk. Nothing
+    is written (`scan --dry-run`, `check`, `watcher baseline`)."""
+    last = [time.monotonic()]
+
+    def tick(r: RootRuntime) -> bool:  # walk's per-directory "stopped?" question, used as a clock
+        if progress is not None and time.monotonic() - last[0] >= 10:
+            last[0] = time.monotonic()
+            progress(r, stats)
+        return False
+
     for r in roots:
-        for ev in walk(r.name, r.path, r.ignorer, journal.known_files, stats):
+        settler = Settler()
+        keys = KeyCache()
+        rows: dict[str, Row | None] = {}
+        for ev in walk(r.name, r.path, r.ignorer, lambda rel, name=r.name: journal.known_files(name, rel), stats,
+                       stopped=lambda r=r: tick(r)):
             if not isinstance(ev, FsEvent):
                 continue
             rel = r.relative(ev.path)
@@ -323,6 +618,17 @@ def dry_run(roots: list[RootRuntime], journal: Journal) -> tuple[list[Publish], 
             if not m or m.publish is None:
                 continue
             key = keys.key(r.name, m)
-            if journal.by_key(key) is None:
-                settler.offer(key, r.scope, m, r.windows, ev.path, Kind.SEEN, st=st)
-    return [build_publish(c) for c in settler.drain()], stats
+            if key not in rows:
+                rows[key] = journal.by_key(key)
+            if rows[key] is None or known_keys:
+                windows, signals = r.completion_for(m.template)
+                settler.offer(key, r.scope, m, windows, ev.path, Kind.SEEN, st=st, signals=signals)
+        for cand in settler.drain():
+            yield cand, rows.get(cand.key)
+
+
+def dry_run(roots: list[RootRuntime], journal: Journal) -> tuple[list[Publish], ScanStats]:
+    """What a scan would publish now: the same walk, admission, matching and grouping as the
+    pipeline, minus what the journal already holds; nothing is written."""
+    stats = ScanStats()
+    return [build_publish(c) for c, _row in on_disk(roots, journal, stats)], stats

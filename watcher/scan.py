@@ -52,7 +52,7 @@ def walk(name: str, root: str, ignorer: Ignorer, known: Callable[[str], dict[str
                         d, exc.strerror or exc)
             continue
         stats.dirs += 1
-        seen = known(d)
+        seen = known(d[base:])  # the journal's records of this directory (root-relative)
         found = False
         try:
             with it:
@@ -97,7 +97,7 @@ class Scanner(threading.Thread):
     scans of that root redundant. Paths go to the pipeline queue with a blocking put, so a huge
     tree never floods memory."""
 
-    def __init__(self, out: "queue.Queue[Event]", known: Callable[[str], dict[str, tuple[int, int, int]]]) -> None:
+    def __init__(self, out: "queue.Queue[Event]", known: Callable[[str, str], dict[str, tuple[int, int, int]]]) -> None:
         super().__init__(name="scanner", daemon=True)
         self.out = out
         self.known = known
@@ -112,7 +112,16 @@ class Scanner(threading.Thread):
         self._verify: set[str] = set()  # roots whose next whole scan also stats known files
 
     def add_root(self, name: str, path: str, ignorer: Ignorer) -> None:
-        self._roots[name] = (path.rstrip("/"), ignorer)
+        with self._cv:
+            self._roots[name] = (path.rstrip("/"), ignorer)
+
+    def remove_root(self, name: str) -> None:
+        """Forget a root (SIGHUP reload): its queued scans are dropped."""
+        with self._cv:
+            self._roots.pop(name, None)
+            self._pending.pop(name, None)
+            self._losses.pop(name, None)
+            self._verify.discard(name)
 
     def request(self, root: str, directory: str | None = None, *, lost_events: bool = False,
                 verify: bool = False) -> None:
@@ -197,13 +206,16 @@ class Scanner(threading.Thread):
                     return False
 
     def _scan(self, root: str, dirs: set[str] | None, verify: bool = False) -> bool:
-        path, ignorer = self._roots[root]
+        with self._cv:
+            if root not in self._roots:
+                return True  # removed by a reload while queued
+            path, ignorer = self._roots[root]
         stats = ScanStats()
         starts = [path] if dirs is None else sorted(_outermost(dirs))
         t0 = time.monotonic()
         last_report = t0
         for start in starts:
-            for ev in walk(root, path, ignorer, self.known, stats, start=start, verify=verify,
+            for ev in walk(root, path, ignorer, lambda rel: self.known(root, rel), stats, start=start, verify=verify,
                            stopped=lambda: self._halt):
                 if not self._put(ev):
                     return False

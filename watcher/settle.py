@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from .candidate import Candidate, FileState, RootScope, Windows
+from .completion import Signals
 from .events import Kind
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class Settler:
         self._mono = monotonic
         self._wall = wall
         self._stat = stat
+        self.holds = 0  # settled candidates put back by hold() (metrics)
 
     def __len__(self) -> int:
         return len(self._cands)
@@ -48,6 +50,10 @@ class Settler:
     def knows(self, path: str) -> bool:
         return path in self._by_path
 
+    def settling(self, key: str) -> bool:
+        """A candidate of this key is settling (a frame arriving now would join it)."""
+        return key in self._cands
+
     def drain(self) -> list[Candidate]:
         """Hand over every candidate as it is, settled or not (``scan --dry-run``)."""
         out = list(self._cands.values())
@@ -58,11 +64,11 @@ class Settler:
 
     # -- input -------------------------------------------------------------------------------
     def offer(self, key: str, scope: RootScope, match: Any, windows: Windows, path: str, kind: Kind, *,
-              synthetic: bool = False, st: os.stat_result | None = None) -> None:
+              synthetic: bool = False, st: os.stat_result | None = None, signals: Signals | None = None) -> None:
         """A file matched ``match``: it joins the candidate of ``key`` (made on first sight)."""
         cand = self._cands.get(key)
         if cand is None:
-            cand = self._cands[key] = Candidate(key, scope, match, windows)
+            cand = self._cands[key] = Candidate(key, scope, match, windows, signals or Signals())
         frame = match.frame if cand.is_sequence else None
         self._touch(cand, path, frame, kind, synthetic=synthetic, st=st)
 
@@ -117,6 +123,10 @@ class Settler:
                 f.open = False
         f.size, f.mtime_ns, f.checked_at = st.st_size, st.st_mtime_ns, now
         if is_new:
+            # The pace of a sequence arriving: the longest gap between a frame and the one before
+            # it (by event time, or by mtime for frames a scan found, so old renders pace nothing).
+            if len(known.files) > 1 and f.changed_at > known.last_arrival:
+                known.max_gap = max(known.max_gap, f.changed_at - known.last_arrival)
             known.last_arrival = max(known.last_arrival, f.changed_at)
         self._nudge(known, f)
 
@@ -149,7 +159,7 @@ class Settler:
         w = cand.windows
         latest = max((f.changed_at + (w.open_timeout if f.open else w.settle)) for f in cand.files.values())
         if cand.is_sequence:
-            latest = max(latest, cand.last_arrival + w.sequence)
+            latest = max(latest, cand.last_arrival + w.sequence_window(len(cand.files), cand.max_gap))
         return latest
 
     def _nudge(self, cand: Candidate, f: FileState) -> None:
@@ -159,7 +169,7 @@ class Settler:
         w = cand.windows
         lb = f.changed_at + (w.open_timeout if f.open else w.settle)
         if cand.is_sequence:
-            lb = max(lb, cand.last_arrival + w.sequence)
+            lb = max(lb, cand.last_arrival + w.sequence_window(len(cand.files), cand.max_gap))
         if cand.deadline == 0.0 or lb < cand.deadline:
             cand.deadline = lb
             heapq.heappush(self._heap, (lb, next(self._seq), cand.key))
@@ -171,11 +181,13 @@ class Settler:
     def hold(self, cand: Candidate, delay: float) -> None:
         """Put a candidate that ``due()`` returned back, to be tried again after ``delay``
         seconds: files that arrive meanwhile join it instead of starting a second candidate."""
+        self.holds += 1
         known = self._cands.get(cand.key)
         if known is not None and known is not cand:  # merge with one started since (never split)
             for p, f in cand.files.items():
                 known.files.setdefault(p, f)
             known.last_arrival = max(known.last_arrival, cand.last_arrival)
+            known.max_gap = max(known.max_gap, cand.max_gap)
             cand = known
         self._cands[cand.key] = cand
         for p in cand.files:

@@ -11,6 +11,7 @@ import queue
 import random
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
@@ -37,10 +38,33 @@ class Supervisor(threading.Thread):
         self._halt = threading.Event()
         self._lock = threading.Lock()  # observers start and stop under it: stop() never races a check
         self._stopped = False
+        self.rescan_reasons: Counter[tuple[str, str]] = Counter()  # (root, reason) -> rescans (metrics)
+        self.last_check = time.monotonic()  # the watchdog's proof that this thread still works
+        self._next_full: dict[str, float] = {}
+        self._status_error: str | None = None
+
+    # -- roots come and go (SIGHUP reload) ---------------------------------------------------
+    def add_root(self, r: RootRuntime) -> None:
+        """Watch a root added (or changed) by a reload; the caller has put it in ``roots``."""
+        with self._lock:
+            if self.is_alive() or self._started_observers:
+                self._start_observer(r)
+
+    def remove_root(self, name: str) -> RootRuntime | None:
+        """Stop watching a root and forget it (the caller's ``roots`` entry goes too)."""
+        with self._lock:
+            r = self.roots.pop(name, None)
+            if r is not None:
+                self._stop_observer(r)
+            self._next_full.pop(name, None)
+            return r
 
     # -- observers ---------------------------------------------------------------------------
+    _started_observers = False
+
     def start_observers(self) -> None:
         with self._lock:
+            self._started_observers = True
             for r in self.roots.values():
                 self._start_observer(r)
 
@@ -51,6 +75,7 @@ class Supervisor(threading.Thread):
             return
         r.rescans += 1
         r.last_rescan_reason = reason
+        self.rescan_reasons[(root, reason)] += 1
         log.warning("root %s: %s; rescanning it (rescan #%d)", root, reason, r.rescans)
         self.scanner.request(root, lost_events=True)
 
@@ -99,18 +124,20 @@ class Supervisor(threading.Thread):
                 self._stop_observer(r)
 
     def run(self) -> None:
-        interval = self.rescan_interval
-        next_full = {n: time.monotonic() + interval * random.uniform(0.75, 1.25) for n in self.roots}
+        next_full = self._next_full
         while not self._halt.wait(CHECK_INTERVAL):
+            interval = self.rescan_interval  # a reload may change it
             with self._lock:
                 if self._stopped:
                     return
-                for r in self.roots.values():
+                for r in list(self.roots.values()):
+                    next_full.setdefault(r.name, time.monotonic() + interval * random.uniform(0.75, 1.25))
                     try:
                         self._check_root(r, next_full, interval)
                     except Exception:
                         log.exception("root %s: supervisor check failed", r.name)
             self.write_status()
+            self.last_check = time.monotonic()
 
     def _check_root(self, r: RootRuntime, next_full: dict[str, float], interval: float) -> None:
         present = os.path.isdir(r.path)
@@ -134,12 +161,18 @@ class Supervisor(threading.Thread):
             log.info("root %s: periodic rescan (stats known files too: finds files rewritten in place)", r.name)
             self.scanner.request(r.name, verify=True)
 
-    def write_status(self) -> None:
+    def write_status(self, extra: dict[str, Any] | None = None) -> None:
+        """Write the status file; a failure is logged once (then again when it changes)."""
         path = self.status_file
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.status(), indent=1))
+            tmp.write_text(json.dumps({**self.status(), **(extra or {})}, indent=1, default=str))
             os.replace(tmp, path)
-        except OSError:
-            log.debug("cannot write %s", path, exc_info=True)
+            self._status_error = None
+        except OSError as exc:
+            err = f"{exc.strerror or exc}"
+            if err != self._status_error:
+                log.error("cannot write the status file %s: %s; `watcher status` will report this agent as not "
+                          "running (fix the permissions of state_dir)", path, err)
+            self._status_error = err

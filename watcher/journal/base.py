@@ -15,13 +15,16 @@ class Status(str, Enum):
     PUBLISHING = "publishing"
     PUBLISHED = "published"
     FAILED = "failed"
+    BASELINE = "baseline"  # on disk before watcher (`watcher baseline`, `existing: baseline`): known, never published
 
 
 @dataclass(frozen=True)
 class FileRecord:
-    """A file as the journal remembers it, so that a scan need not stat it again."""
+    """A file as the journal remembers it, so that a scan need not stat it again. Keyed by root
+    name and root-relative directory: agents mounting the share at different paths agree."""
 
-    dir: str  # absolute directory
+    root: str  # root name
+    dir: str  # directory relative to the root, "" at its top
     name: str
     size: int
     mtime_ns: int
@@ -45,6 +48,7 @@ class Row:
     updated_at: float = 0.0
     published_at: float | None = None
     revision: int = 1  # >1 when republished under `republish: new_version`
+    adopted: bool = False  # the tracker already had a record of this file: taken, nothing created
 
     def to_json(self) -> dict[str, Any]:
         """The `watcher publishes --json` contract (see README): keep these names stable."""
@@ -72,6 +76,7 @@ class Row:
             "frame_count": p.frame_count,
             "size": p.size,
             "tracker_url": self.tracker_url,
+            "adopted": self.adopted,
         }
 
 

@@ -11,6 +11,7 @@ two workers (or two agents on a shared PostgreSQL) can never both own a publish:
        │                   └──fail──► failed (parked: PermanentError or attempts exhausted)
        └──────── requeue (`watcher retry`) ───────┘
     published / failed / pending ──replace──► pending (files changed: republish)
+    pending ──baseline──► baseline (on disk before watcher: known, never claimed, never published)
 
 The idempotency key (root, template, fields without frame, version) is unique over all states,
 so a candidate seen again (rescan, restart, duplicate event) never becomes a second publish.
@@ -21,7 +22,6 @@ is one edit here (``Status`` + ``TRANSITIONS``) plus a migration."""
 from __future__ import annotations
 
 import json
-import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Protocol, TypeVar
@@ -47,12 +47,17 @@ class Dialect:
 
     name: str
     types: dict[str, str]  # DDL placeholders: {id} {json} {bool} {real} {text} {bigint} {rowid_free}
+    #                        and {payload_root} {payload_root_path}: a publish's root, read from its JSON;
+    #                        {status_check_v7}: statements that let the status CHECK take {statuses}
     to_json: Callable[[Any], Any]  # Python object -> parameter
     from_json: Callable[[Any], Any]  # column value -> Python object
     lock_rows: str = ""  # appended to the claim's sub-select: " FOR UPDATE SKIP LOCKED" on PostgreSQL
 
     def ddl(self, template: str) -> list[str]:
-        text = template.format(statuses=", ".join(f"'{s.value}'" for s in Status), **self.types)
+        statuses = ", ".join(f"'{s.value}'" for s in Status)
+        # a placeholder may itself name {statuses} (a dialect's own way to change the CHECK)
+        types = {k: v.replace("{statuses}", statuses) for k, v in self.types.items()}
+        text = template.format(statuses=statuses, **types)
         return [s.strip() for s in text.split(";") if s.strip()]
 
 
@@ -177,6 +182,52 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE publishes ADD COLUMN adopted {bool} NOT NULL DEFAULT FALSE
     """,
+    # file records keyed by root name + root-relative directory, so agents that mount a share at
+    # different paths agree; existing records are rewritten from their publish's root
+    """
+    CREATE TABLE files_by_root (
+        root {text} NOT NULL,
+        dir {text} NOT NULL,
+        name {text} NOT NULL,
+        size {bigint} NOT NULL,
+        mtime_ns {bigint} NOT NULL,
+        publish_id {bigint} NOT NULL REFERENCES publishes (id) ON DELETE CASCADE,
+        PRIMARY KEY (root, dir, name)
+    ) {rowid_free};
+    INSERT INTO files_by_root (root, dir, name, size, mtime_ns, publish_id)
+        SELECT {payload_root},
+               CASE WHEN f.dir = {payload_root_path} THEN '' ELSE substr(f.dir, length({payload_root_path}) + 2) END,
+               f.name, f.size, f.mtime_ns, f.publish_id
+        FROM files f JOIN publishes p ON p.id = f.publish_id WHERE true
+        ON CONFLICT DO NOTHING;
+    DROP TABLE files;
+    ALTER TABLE files_by_root RENAME TO files;
+    CREATE INDEX files_publish ON files (publish_id)
+    """,
+    # agents sharing this journal: who they are, what they watch, when they last spoke
+    """
+    CREATE TABLE agents (
+        agent {text} NOT NULL PRIMARY KEY,
+        host TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        started_at {real} NOT NULL,
+        roots TEXT NOT NULL,
+        heartbeat_at {real} NOT NULL,
+        stopped_at {real}
+    )
+    """,
+    # `baseline`: files that were on disk before watcher, recorded as known and never published
+    # (`watcher baseline`, `existing: baseline`). The status CHECK must take it: SQLite cannot
+    # alter a CHECK, so it rebuilds `publishes` (foreign keys off around the migration, or the
+    # DROP would cascade into `files`); PostgreSQL drops and re-adds the constraint. `roots_seen`:
+    # when the journal first saw each root (the first agent start that watched it).
+    """
+    {status_check_v7};
+    CREATE TABLE roots_seen (
+        root {text} NOT NULL PRIMARY KEY,
+        first_seen {real} NOT NULL
+    )
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -217,16 +268,20 @@ TRANSITIONS: dict[str, Transition] = {
     "fail": Transition((P.PUBLISHING,), P.FAILED,
                        "last_error=?, next_attempt_at=NULL, attempts=attempts+1, agent=NULL, lease_until=NULL",
                        True, "failed"),
+    "refuse": Transition((P.PENDING,), P.FAILED, "last_error=?, next_attempt_at=NULL", False, "failed"),
     "release": Transition((P.PUBLISHING,), P.PENDING,
                           "uncertain=TRUE, next_attempt_at=?, agent=NULL, lease_until=NULL", True, "pending"),
     "recover": Transition((P.PUBLISHING,), P.PENDING,
                           "uncertain=TRUE, next_attempt_at=?, agent=NULL, lease_until=NULL", False, "pending"),
     "requeue": Transition((P.FAILED,), P.PENDING, "next_attempt_at=?, attempts=0", False, "pending"),
+    "baseline": Transition((P.PENDING,), P.BASELINE, "next_attempt_at=NULL", False, "baseline"),
     "replace": Transition((P.PUBLISHED, P.FAILED, P.PENDING), P.PENDING,
                           "payload=?, attempts=0, last_error=NULL, next_attempt_at=?, revision=COALESCE(?, revision)",
                           False, "pending"),
 }
 del P
+
+Then = Callable[[Cursor, int, Callable[[], Row]], None]  # a hook run where a publish is recorded
 
 COLUMNS = ("id, key, status, payload, attempts, uncertain, last_error, next_attempt_at, tracker, tracker_id, "
            "tracker_url, state, created_at, updated_at, published_at, revision, adopted")
@@ -275,12 +330,12 @@ class Journal:
     def _files(self, cur: Cursor, row_id: int, files: Iterable[FileRecord]) -> None:
         # Duplicates collapse (last wins) and rows go in key order, so that two agents upserting
         # overlapping files cannot deadlock each other.
-        latest = {(f.dir, f.name): f for f in files}
+        latest = {(f.root, f.dir, f.name): f for f in files}
         if latest:
-            cur.executemany("INSERT INTO files (dir, name, size, mtime_ns, publish_id) VALUES (?,?,?,?,?) "
-                            "ON CONFLICT (dir, name) DO UPDATE SET size=excluded.size, mtime_ns=excluded.mtime_ns, "
-                            "publish_id=excluded.publish_id",
-                            [(d, n, f.size, f.mtime_ns, row_id) for (d, n), f in sorted(latest.items())])
+            cur.executemany("INSERT INTO files (root, dir, name, size, mtime_ns, publish_id) VALUES (?,?,?,?,?,?) "
+                            "ON CONFLICT (root, dir, name) DO UPDATE SET size=excluded.size, "
+                            "mtime_ns=excluded.mtime_ns, publish_id=excluded.publish_id",
+                            [(r, d, n, f.size, f.mtime_ns, row_id) for (r, d, n), f in sorted(latest.items())])
 
     def _get(self, cur: Cursor, row_id: int) -> Row:
         return self._row(cur.execute(f"SELECT {COLUMNS} FROM publishes WHERE id=?", (row_id,)).fetchone())
@@ -296,27 +351,95 @@ class Journal:
         return self.db.read(lambda cur: self._get(cur, row_id)), created
 
     def add_many(self, items: list[tuple[Publish, list[FileRecord]]]) -> list[tuple[int, bool]]:
-        """``add`` for a batch, in one transaction (group commit): [(row id, created)]."""
+        """``add`` for a batch, in one transaction (group commit): [(row id, created)].
+
+        A publish whose ``arrived`` is set (its root says ``existing: baseline``) and older than
+        the journal's first sight of its root predates watcher: it is recorded as ``baseline``,
+        never published. The first sight is the first agent start that watched the root
+        (``heartbeat``), or now when none is recorded yet."""
         def run(cur: Cursor) -> list[tuple[int, bool]]:
-            out = []
-            now = self._clock()
-            for publish, files in items:
-                # ON CONFLICT waits for a concurrent insert of the same key, then yields nothing.
-                new = cur.execute(
-                    "INSERT INTO publishes (key, status, payload, created_at, updated_at, next_attempt_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING RETURNING id",
-                    (publish.key, Status.PENDING.value, self._j(publish.to_dict()), now, now, now)).fetchone()
-                if new is None:
-                    out.append((cur.execute("SELECT id FROM publishes WHERE key=?", (publish.key,)).fetchone()[0],
-                                False))
+            out = self._insert(cur, items)
+            cutoffs: dict[str, float] = {}
+            for (publish, _files), (row_id, created) in zip(items, out):
+                if not created or publish.arrived is None:
                     continue
-                self._files(cur, new[0], files)
-                out.append((new[0], True))
-            cur.executemany("INSERT INTO events (publish_id, at, status, message) VALUES (?,?,?,?)",
-                            [(row_id, now, Status.PENDING.value, None) for row_id, created in out if created])
+                if publish.root not in cutoffs:
+                    self._see_roots(cur, [publish.root], self._clock())
+                    cutoffs[publish.root] = cur.execute("SELECT first_seen FROM roots_seen WHERE root=?",
+                                                        (publish.root,)).fetchone()[0]
+                if publish.arrived < cutoffs[publish.root]:
+                    self._move(cur, "baseline", row_id,
+                               message=f"on disk before the journal first saw root {publish.root} (existing: baseline)")
             return out
 
         return self.db.write(run) if items else []
+
+    def baseline_many(self, items: list[tuple[Publish, list[FileRecord]]]) -> list[tuple[int, bool]]:
+        """Record candidates found on disk as ``baseline`` (`watcher baseline`): known, so scans
+        skip their files, and never claimed. One transaction per call; a key the journal holds
+        already is left as it is (created False). [(row id, created)]"""
+        def run(cur: Cursor) -> list[tuple[int, bool]]:
+            out = self._insert(cur, items)
+            for row_id, created in out:
+                if created:
+                    self._move(cur, "baseline", row_id, message="on disk before watcher (watcher baseline)")
+            self._see_roots(cur, sorted({p.root for p, _ in items}), self._clock())
+            return out
+
+        return self.db.write(run) if items else []
+
+    def _see_roots(self, cur: Cursor, roots: list[str], at: float) -> None:
+        cur.executemany("INSERT INTO roots_seen (root, first_seen) VALUES (?, ?) ON CONFLICT (root) DO NOTHING",
+                        [(r, at) for r in roots])
+
+    def first_seen(self, root: str) -> float | None:
+        """When the journal first saw ``root`` (None: never): files older than this predate it."""
+        r = self.db.read(lambda cur: cur.execute("SELECT first_seen FROM roots_seen WHERE root=?", (root,)).fetchone())
+        return r[0] if r else None
+
+    def _insert(self, cur: Cursor, items: list[tuple[Publish, list[FileRecord]]]) -> list[tuple[int, bool]]:
+        """Insert new keys as ``pending`` with their files: [(row id, created)]. A few statements
+        per batch, not per candidate: on PostgreSQL each statement is a round trip."""
+        now = self._clock()
+        created: dict[str, int] = {}
+        firsts = list({p.key: p for p, _ in items}.values())  # a key twice in a batch: the first
+        for i in range(0, len(firsts), 200):
+            chunk = firsts[i:i + 200]
+            # ON CONFLICT waits for a concurrent insert of the same key, then skips that row.
+            rows = cur.execute(
+                "INSERT INTO publishes (key, status, payload, created_at, updated_at, next_attempt_at) VALUES "
+                + ",".join("(?,?,?,?,?,?)" for _ in chunk) + " ON CONFLICT (key) DO NOTHING RETURNING id, key",
+                [x for p in chunk for x in (p.key, Status.PENDING.value, self._j(p.to_dict()), now, now, now)]).fetchall()
+            created.update((key, rid) for rid, key in rows)
+        held = [p.key for p in firsts if p.key not in created]
+        known: dict[str, int] = {}
+        for i in range(0, len(held), 500):
+            chunk = held[i:i + 500]
+            known.update((key, rid) for rid, key in cur.execute(
+                f"SELECT id, key FROM publishes WHERE key IN ({','.join('?' * len(chunk))})", chunk).fetchall())
+        out: list[tuple[int, bool]] = []
+        files: list[FileRecord] = []
+        owner: dict[tuple[str, str, str], int] = {}
+        counted: set[int] = set()
+        for publish, recs in items:
+            rid = created.get(publish.key)
+            if rid is not None and rid not in counted:
+                counted.add(rid)
+                out.append((rid, True))
+                for f in recs:
+                    owner[(f.root, f.dir, f.name)] = rid
+                    files.append(f)
+            else:
+                out.append((rid if rid is not None else known[publish.key], False))
+        if files:
+            latest = {(f.root, f.dir, f.name): f for f in files}
+            cur.executemany("INSERT INTO files (root, dir, name, size, mtime_ns, publish_id) VALUES (?,?,?,?,?,?) "
+                            "ON CONFLICT (root, dir, name) DO UPDATE SET size=excluded.size, "
+                            "mtime_ns=excluded.mtime_ns, publish_id=excluded.publish_id",
+                            [(*k, f.size, f.mtime_ns, owner[k]) for k, f in sorted(latest.items())])
+        cur.executemany("INSERT INTO events (publish_id, at, status, message) VALUES (?,?,?,?)",
+                        [(row_id, now, Status.PENDING.value, None) for row_id, was_created in out if was_created])
+        return out
 
     def replace(self, row_id: int, publish: Publish, files: Iterable[FileRecord], *, revision: int | None = None) -> Row:
         """Put a published/failed/pending row back to ``pending`` with a new payload."""
@@ -362,34 +485,45 @@ class Journal:
         self.db.write(lambda cur: self._move(cur, "renew", row_id, (until,), agent=agent))
 
     def published(self, row_id: int, agent: str, tracker: str, ref: TrackerRef, *,
-                  then: Callable[[Cursor, Row], None] | None = None) -> None:
-        """``publishing → published``. ``then(cursor, row)`` runs in the same transaction
-        (webhook deliveries are queued there, so they exist exactly when the publish does)."""
-        def run(cur: Cursor) -> None:
-            self._move(cur, "published", row_id, (tracker, ref.id, ref.url, self._clock(), ref.adopted),
-                       agent=agent, message=f"{tracker} {ref.id}" + (" (adopted)" if ref.adopted else ""))
-            if then is not None:
-                then(cur, self._get(cur, row_id))
-
-        self.db.write(run)
+                  then: "Then | None" = None) -> None:
+        """``publishing → published``. ``then(cursor, row_id, row)`` runs in the same transaction
+        (webhook deliveries are queued there, so they exist exactly when the publish does);
+        ``row()`` reads the row only if the hook needs it."""
+        if self.published_many(agent, tracker, [(row_id, ref)], then=then):
+            raise TransitionError(f"publish {row_id}: not in state publishing for agent {agent}")
 
     def published_many(self, agent: str, tracker: str, done: list[tuple[int, TrackerRef]], *,
-                       then: Callable[[Cursor, Row], None] | None = None) -> list[int]:
-        """``published`` for a batch in one transaction; returns the ids that had been moved by
-        someone else meanwhile (their outcome is not recorded: the next attempt finds it).
-        ``then(cursor, row)`` runs for each row recorded, in the same transaction (webhooks)."""
+                       then: "Then | None" = None) -> list[int]:
+        """``published`` for a batch, in one statement and one transaction; returns the ids that
+        had been moved by someone else meanwhile (their outcome is not recorded: the next attempt
+        finds it). ``then`` runs for each row recorded, in the same transaction (webhooks)."""
+        t = TRANSITIONS["published"]
+        assert t.owned and t.to is not None
+
         def run(cur: Cursor) -> list[int]:
-            lost = []
-            for row_id, ref in done:
-                try:
-                    self._move(cur, "published", row_id, (tracker, ref.id, ref.url, self._clock(), ref.adopted), agent=agent,
-                               message=f"{tracker} {ref.id}" + (" (adopted)" if ref.adopted else ""))
-                except TransitionError:
-                    lost.append(row_id)
-                    continue
-                if then is not None:
-                    then(cur, self._get(cur, row_id))
-            return lost
+            now = self._clock()
+            moved: set[int] = set()
+            for i in range(0, len(done), 200):
+                chunk = done[i:i + 200]
+                # One guarded UPDATE for the batch: each row's own tracker id comes from a VALUES
+                # list (column1.. are the default names of its columns on SQLite and PostgreSQL).
+                values = ",".join("(?,?,?,?)" for _ in chunk)
+                args: list[Any] = [x for row_id, ref in chunk for x in (row_id, ref.id, ref.url, ref.adopted)]
+                rows = cur.execute(
+                    f"UPDATE publishes SET status=?, tracker=?, tracker_id=v.column2, tracker_url=v.column3, "
+                    f"adopted=v.column4, published_at=?, updated_at=?, last_error=NULL, uncertain=FALSE, "
+                    f"attempts=attempts+1, agent=NULL, lease_until=NULL FROM (VALUES {values}) AS v "
+                    f"WHERE publishes.id=v.column1 AND publishes.status=? AND publishes.agent=? RETURNING publishes.id",
+                    (t.to.value, tracker, now, now, *args, t.frm[0].value, agent)).fetchall()
+                moved.update(r[0] for r in rows)
+            recorded = [(row_id, ref) for row_id, ref in done if row_id in moved]
+            cur.executemany("INSERT INTO events (publish_id, at, status, message) VALUES (?,?,?,?)",
+                            [(row_id, now, t.event, f"{tracker} {ref.id}" + (" (adopted)" if ref.adopted else ""))
+                             for row_id, ref in recorded])
+            if then is not None:
+                for row_id, _ref in recorded:
+                    then(cur, row_id, lambda rid=row_id: self._get(cur, rid))
+            return [row_id for row_id, _ in done if row_id not in moved]
 
         return self.db.write(run) if done else []
 
@@ -400,6 +534,11 @@ class Journal:
     def fail(self, row_id: int, agent: str, error: str) -> None:
         """``publishing → failed``: parked until ``watcher retry``."""
         self.db.write(lambda cur: self._move(cur, "fail", row_id, (error,), agent=agent, message=error))
+
+    def refuse(self, row_id: int, reason: str) -> None:
+        """``pending → failed`` before any attempt: what settled is not what the rule accepts
+        (``holes: refuse``); parked until ``watcher retry``."""
+        self.db.write(lambda cur: self._move(cur, "refuse", row_id, (reason,), message=reason))
 
     def release(self, row_id: int, agent: str) -> None:
         """``publishing → pending`` at shutdown, marked uncertain, attempt not counted."""
@@ -531,17 +670,50 @@ class Journal:
         return self.db.read(lambda cur: [self._row(r) for r in cur.execute(
             f"SELECT {COLUMNS} FROM publishes WHERE key LIKE ? ESCAPE '\\' ORDER BY id", (esc + "%",)).fetchall()])
 
-    def known_files(self, directory: str) -> dict[str, tuple[int, int, int]]:
-        """name -> (size, mtime_ns, publish id) for files the journal holds in one directory."""
+    def known_files(self, root: str, directory: str) -> dict[str, tuple[int, int, int]]:
+        """name -> (size, mtime_ns, publish id) for files the journal holds in one directory of a
+        root (``directory`` relative to the root, ``""`` for its top)."""
         rows = self.db.read(lambda cur: cur.execute(
-            "SELECT name, size, mtime_ns, publish_id FROM files WHERE dir=?", (directory,)).fetchall())
+            "SELECT name, size, mtime_ns, publish_id FROM files WHERE root=? AND dir=?", (root, directory)).fetchall())
         return {name: (size, mtime, pid) for name, size, mtime, pid in rows}
 
-    def files_of(self, publish_id: int) -> dict[str, tuple[int, int]]:
-        """path -> (size, mtime_ns) of every file recorded for one publish."""
+    def files_of(self, publish_id: int) -> dict[tuple[str, str], tuple[int, int]]:
+        """(root, relative path) -> (size, mtime_ns) of every file recorded for one publish."""
         rows = self.db.read(lambda cur: cur.execute(
-            "SELECT dir, name, size, mtime_ns FROM files WHERE publish_id=?", (publish_id,)).fetchall())
-        return {os.path.join(d, n): (size, mtime) for d, n, size, mtime in rows}
+            "SELECT root, dir, name, size, mtime_ns FROM files WHERE publish_id=?", (publish_id,)).fetchall())
+        return {(r, f"{d}/{n}" if d else n): (size, mtime) for r, d, n, size, mtime in rows}
+
+    # -- agents ------------------------------------------------------------------------------
+    def heartbeat(self, agent: str, host: str, pid: int, started_at: float, roots: list[str]) -> None:
+        """This agent is alive and watches ``roots`` (``watcher agents``). A root never seen
+        before is first seen now, at this agent's first heartbeat, which it sends as it starts,
+        before its first scan (``existing: baseline``; the agent id's start is whole seconds)."""
+        now = self._clock()
+
+        def run(cur: Cursor) -> None:
+            cur.execute(
+                "INSERT INTO agents (agent, host, pid, started_at, roots, heartbeat_at) VALUES (?,?,?,?,?,?) "
+                "ON CONFLICT (agent) DO UPDATE SET heartbeat_at=excluded.heartbeat_at, roots=excluded.roots, "
+                "stopped_at=NULL", (agent, host, pid, started_at, dumps(roots), now))
+            self._see_roots(cur, sorted(roots), now)
+
+        self.db.write(run)
+
+    def agent_stopped(self, agent: str) -> None:
+        self.db.write(lambda cur: cur.execute("UPDATE agents SET stopped_at=? WHERE agent=?", (self._clock(), agent)))
+
+    def agents(self) -> list[dict[str, Any]]:
+        """Every agent that has spoken, newest heartbeat first, with what it holds now."""
+        def run(cur: Cursor) -> list[dict[str, Any]]:
+            held = dict(cur.execute("SELECT agent, COUNT(*) FROM publishes WHERE status=? GROUP BY agent",
+                                    (Status.PUBLISHING.value,)).fetchall())
+            return [{"agent": a, "host": h, "pid": pid, "started_at": st, "roots": json.loads(roots),
+                     "heartbeat_at": hb, "stopped_at": stop, "publishing": held.get(a, 0)}
+                    for a, h, pid, st, roots, hb, stop in cur.execute(
+                        "SELECT agent, host, pid, started_at, roots, heartbeat_at, stopped_at FROM agents "
+                        "ORDER BY heartbeat_at DESC").fetchall()]
+
+        return self.db.read(run)
 
     def next_due(self) -> float | None:
         """Earliest ``next_attempt_at`` among pending rows (None: nothing pending)."""

@@ -12,6 +12,7 @@ exact slow matcher (``Variant.parses``) decides. Misses explain themselves lazil
 from __future__ import annotations
 
 import datetime as _dt
+import fnmatch
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -238,13 +239,20 @@ class TemplateSet:
         if not self.has_publishes:
             out_all: dict[str, PublishRule | None] = {}
             for name, t in self.templates.items():
-                if _file_like(t):
-                    out_all[name] = _DEFAULT_RULE
-                else:
+                if not _file_like(t):
                     out_all[name] = None
                     self._notes[name] = (f"matches {name}, which looks like a directory template (no '.' in its "
                                          f"last part), so it does not publish by default; name it in a "
                                          f"publishes: section to publish it")
+                elif _publish_like(name, t):
+                    out_all[name] = _DEFAULT_RULE
+                else:
+                    out_all[name] = None
+                    self._notes[name] = (f"matches {name}, which is not a publish template (neither its name "
+                                         f"(*_pub*, *_publish*) nor its folders (a 'publish' folder) say so), so "
+                                         f"it does not publish by default: work files, snapshots, autosaves and "
+                                         f"work renders stay the artist's; name it in a publishes: section to "
+                                         f"publish it")
             return out_all
         out: dict[str, PublishRule | None] = {n: None for n in self.names}
         exact = {r.pattern for r in self.rules if r.pattern in self.templates}
@@ -456,6 +464,10 @@ class TemplateSet:
         read from each file's own extension are not known until files arrive."""
         return sorted({b.ptype for b in self._specs.values() if b is not None and b.ptype and "{" not in b.ptype})
 
+    def publishing(self) -> list[str]:
+        """The templates whose matches publish, in file order (`watcher check` lists them)."""
+        return [n for n in self.names if self._rule_of.get(n) is not None]
+
     def publish_rule(self, template: str) -> PublishRule | None:
         """The rule a template publishes with (None: it does not publish)."""
         return self._rule_of.get(template)
@@ -500,6 +512,17 @@ def _file_like(t: Template) -> bool:
             if "/" in tok:
                 break
     return any("." in x for x in last)
+
+
+def _publish_like(name: str, t: Template) -> bool:
+    """Without a ``publishes:`` section, only templates that say they are publishes publish: by
+    name (Toolkit's ``*_pub*``/``*_publish*``: ``nuke_shot_pub``, ``maya_shot_publish``) or by a
+    ``publish`` folder in their definition (``@shot_root/publish/elements/...``). Work files,
+    snapshots and work renders match but stay the artist's (tk-config-default2 names them so)."""
+    low = name.lower()
+    if fnmatch.fnmatchcase(low, "*_pub*") or low.startswith("pub"):
+        return True
+    return any(part.lower() == "publish" for part in t.definition.split("/"))
 
 
 def _ext_of(relpath: str) -> str:

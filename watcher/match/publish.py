@@ -4,14 +4,18 @@ match becomes what the tracker needs (entity, task, name, version, type, project
 A rule value is a field name (``Shot``), a literal (``=comp``), or a small format string
 (``{Shot}_{name}``). Defaults follow Toolkit habits: entity from Shot/Asset/Sequence/Episode,
 version from ``version``, task from ``task_name`` or ``Step``, name from ``name`` or the file
-name without version and frame (tk-multi-publish2 ``get_publish_name``), type from the
-extension.
+name without version and frame (tk-multi-publish2 ``get_publish_name``; ``name_style:
+publish2`` always uses the latter), type from the extension.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 from typing import Any, Callable
+
+from pydantic import ValidationError
+
+from ..completion import COMPLETION_KEYS, RuleCompletion
 
 ENTITY_KEYS = (("Shot", "Shot"), ("shot", "Shot"), ("Asset", "Asset"), ("asset", "Asset"),
                ("Sequence", "Sequence"), ("sequence", "Sequence"), ("Episode", "Episode"), ("episode", "Episode"))
@@ -30,7 +34,12 @@ _COMPOUND_EXT = ("bgeo.sc", "bgeo.gz")
 # tk-multi-publish2 path_info: a version "v###" just after '.', '_' or '-', before the extension(s)
 _VERSION_RE = re.compile(r"^(?P<prefix>.+?)[._-][vV][0-9]+(?P<ext>(?:\.[^.]+){0,2})$")
 _REF_RE = re.compile(r"\{([A-Za-z0-9_ .]+)\}")
-_RULE_OPTIONS = {"entity", "task", "name", "type", "version", "project", "review"}
+_RULE_OPTIONS = {"entity", "task", "name", "type", "version", "project", "review", "name_style"} | COMPLETION_KEYS
+#: How a rule without ``name:`` names publishes. ``toolkit``: the ``name`` field, as Toolkit's
+#: register_publish documents (``foreground.v034.nk`` -> ``foreground``); ``publish2``: the file
+#: name without version and frame, extension kept, as tk-multi-publish2 names its publishes
+#: (``scene.v001.ma`` -> ``scene.ma``), so watcher's versions group with the artists' own.
+NAME_STYLES = ("toolkit", "publish2")
 
 
 class RuleError(ValueError):
@@ -74,6 +83,8 @@ class PublishRule:
     version: str | None = None
     project: str | None = None
     review: bool = False
+    name_style: str = "toolkit"  # see NAME_STYLES
+    completion: RuleCompletion | None = None  # when its candidates count as complete (completion.py)
 
     @classmethod
     def parse(cls, pattern: str, data: Any) -> "PublishRule":
@@ -100,6 +111,20 @@ class PublishRule:
             kw["entity"] = _text(pattern, "entity.key", ent.get("key", ent.get("name", ent["type"])))
         elif ent is not None:
             raise RuleError(f"publishes rule '{pattern}': entity must be a type name or {{type: ..., key: ...}}")
+        if "name_style" in data:
+            if data["name_style"] not in NAME_STYLES:
+                raise RuleError(f"publishes rule '{pattern}': name_style must be one of {', '.join(NAME_STYLES)}, "
+                                f"got {data['name_style']!r}")
+            kw["name_style"] = data["name_style"]
+        done = {k: data[k] for k in COMPLETION_KEYS if k in data}
+        if done:
+            try:
+                kw["completion"] = RuleCompletion.model_validate(done)
+            except ValidationError as exc:
+                first = exc.errors(include_url=False)[0]
+                where = ".".join(str(x) for x in first["loc"])
+                raise RuleError(f"publishes rule '{pattern}': {where}: "
+                                f"{first['msg'].removeprefix('Value error, ')}") from None
         if "review" in data:
             if not isinstance(data["review"], bool):
                 raise RuleError(f"publishes rule '{pattern}': review must be true or false")
@@ -222,7 +247,12 @@ class SpecBuilder:
                 self.etype, self.entity = found[1], found[0]
         default_task = "task_name" if "task_name" in fields else ("Step" if "Step" in fields else None)
         self.task = _compile(rule.task) if rule.task is not None else default_task
-        self.name = _compile(rule.name) if rule.name is not None else ("name" if "name" in fields else None)
+        if rule.name is not None:
+            self.name = _compile(rule.name)
+        elif rule.name_style == "publish2":
+            self.name = None  # the file name without version and frame, extension kept
+        else:
+            self.name = "name" if "name" in fields else None
         self.version = _compile(rule.version) if rule.version else ("version" if "version" in fields else None)
         self.project = _compile(rule.project) if rule.project else ("Project" if "Project" in fields else None)
         # a fixed ending ("….bgeo.sc") fixes the type; a free one is read from each file name

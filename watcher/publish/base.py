@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict
 
 from ..errors import PublishError
-from ..model import Job, TrackerRef
+from ..model import Job, Publish, TrackerRef
 
 class BackendSettings(BaseModel):
     """Base of each backend's settings (the ``tracker:`` section minus ``backend``).
@@ -72,6 +72,11 @@ class Backend(ABC):
             except PublishError as exc:
                 out.append(exc)
         return out
+
+    def frame_range(self, publish: Publish) -> tuple[int, int] | None:
+        """The frame range the tracker expects for the publish's entity (``expect_frames:
+        tracker``), or None when it has none. Raise ``PublishError`` when it cannot be read now."""
+        return None
 
     def check(self) -> list[CheckResult]:
         """Verify credentials and what the configuration names (``watcher check``)."""

@@ -15,6 +15,10 @@ batch is sent; per-frame ids are derived from the component id (uuid5). A retry 
 outcome looks the records up (by name/number and by those ids) and creates only what is missing,
 whether the server applied the earlier batch wholly, partly or not at all. The version is created
 unpublished and flagged published by a last, separate update once all its components exist.
+
+Adoption: the same lookup request asks for a ComponentLocation in the configured location whose
+resource identifier is this file; one registered by someone else (ftrack Connect, a publisher
+script) is adopted: its AssetVersion is the publish, nothing is created.
 """
 from __future__ import annotations
 
@@ -31,8 +35,8 @@ from ..errors import PermanentError, PublishError, RetryableError
 from ..model import Job, Publish, TrackerRef
 from ..secrets import read_secret
 from .base import Backend, BackendContext, CheckResult
-from .tracker import (LookupCache, Scrubber, TrackerSettings, check_step, config_path, no_blank_values, project_of,
-                      tracker_http)
+from .tracker import (LookupCache, Scrubber, TrackerSettings, adopt_once, adopted_ref, check_step, config_path,
+                      frame_range_cached, frame_range_of, no_blank_values, project_of, regular_size, tracker_http)
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +63,8 @@ class FtrackSettings(TrackerSettings):
     component_name: str = "main"
     component_names: dict[str, str] = Field(default_factory=dict)  # publish_type/extension -> name
     sequence_members: bool = True  # one member FileComponent per frame
+    # custom attributes (keys) holding the entity's first and last frame, for `expect_frames: tracker`
+    frame_range_attributes: list[str] = Field(default_factory=lambda: ["fstart", "fend"], min_length=2, max_length=2)
     version_status: str | None = None  # Status.name for new versions; None: the server's default
     comment: str = ""  # AssetVersion.comment when the publish has no description
     version_url: str | None = None  # e.g. "{server}/#entityType=assetversion&entityId={id}"
@@ -105,6 +111,7 @@ class _Found:
     version: dict[str, Any] | None = None
     existing: set[str] | None = None  # ids of our components/component locations already there
     done: bool = False  # an equal component is already registered (nothing to create)
+    adopt: str | None = None  # AssetVersion id of someone else's component registered at this file
 
 
 def describe_error(status: int, body: Any) -> str:
@@ -328,12 +335,14 @@ class FtrackBackend(Backend):
                         task_id=task["id"] if task else None, task=task["name"] if task else None)
 
     def _find_entity(self, project: dict[str, Any], ot: dict[str, Any], name: str,
-                     fields: dict[str, Any]) -> dict[str, Any]:
+                     fields: dict[str, Any], *, missing_ok: bool = False) -> dict[str, Any]:
         key = ("entity", project["id"], ot["id"], name)
         rows = self.cache.get(key) or self.query(
             f"select id, name, parent_id, object_type_id from TypedContext where project_id is {_quote(project['id'], 'id')}"
             f" and object_type_id is {_quote(ot['id'], 'id')} and name is {_quote(name, ot['name'])}",
             what=f"the lookup of {ot['name']} {name!r}")
+        if not rows and missing_ok:
+            return None  # type: ignore[return-value]
         if not rows:
             raise PermanentError(f"ftrack: {ot['name']} {name!r} not found in project {project['name']!r}")
         self.cache.put(key, rows)
@@ -400,6 +409,8 @@ class FtrackBackend(Backend):
 
     def publish(self, job: Job) -> TrackerRef:
         p = job.publish
+        if job.amend:
+            return self._amend(job)
         ctx = self._context(p)
         atype = self._asset_type(p)
         location_id = self._location_id()
@@ -408,8 +419,16 @@ class FtrackBackend(Backend):
         what = (f"AssetVersion {p.name!r} {self._vlabel(p)} ({atype['short']}) on {ctx.label}"
                 + (f", task {ctx.task!r}" if ctx.task else "") + f" in project {ctx.project!r}")
 
+        page = lambda vid: self._url(vid, ctx)  # noqa: E731
         ids: dict[str, Any] = dict(job.state.get("ftrack") or {})
-        found = self._find(p, ctx, atype, ids, what)
+        if self.settings.adopt and adopted_ref(job, "adopted_version") is not None:
+            return adopted_ref(job, "adopted_version", page)  # type: ignore[return-value]
+        found = self._find(p, ctx, atype, ids, what, location_id)
+        if found.adopt and self.settings.adopt:
+            adopt_once(job, "adopted_version", None, lambda: found.adopt)
+            log.info("ftrack: %s is registered already in %s (AssetVersion %s): adopted", p.path,
+                     self.settings.location, found.adopt)
+            return adopted_ref(job, "adopted_version", page)  # type: ignore[return-value]
         if found.asset:
             ids["asset"] = found.asset["id"]
         if found.version:
@@ -468,11 +487,14 @@ class FtrackBackend(Backend):
         return {"action": "create", "entity_type": entity_type,
                 "entity_data": {"__entity_type__": entity_type, "id": entity_id, **data}}
 
-    def _find(self, p: Publish, ctx: _Context, atype: dict[str, Any], ids: dict[str, Any], what: str) -> _Found:
+    def _find(self, p: Publish, ctx: _Context, atype: dict[str, Any], ids: dict[str, Any], what: str,
+              location_id: str) -> _Found:
         """The Asset (name + type under the context) and the AssetVersion (its number, or the
-        id this job created before) that already exist; one request."""
+        id this job created before) that already exist, and (``adopt``) the version of a
+        component already registered at this file in the location by someone else; one request."""
         name, context, type_id = (_quote(p.name, "asset name"), _quote(ctx.context_id, "id"),
                                   _quote(atype["id"], "id"))
+        adopt = self.settings.adopt
         exprs = [f"select id, name, context_id, type_id from Asset"
                  f" where context_id is {context} and name is {name} and type_id is {type_id}"]
         fields = "select id, version, asset_id, is_published, task_id from AssetVersion"
@@ -481,8 +503,12 @@ class FtrackBackend(Backend):
                          f" and asset.type_id is {type_id} and version is {int(p.version)}")
         elif ids.get("version"):
             exprs.append(f"{fields} where id is {_quote(ids['version'], 'id')}")
+        if adopt:
+            exprs.append(self._registered_query(p, location_id))
         results = self.query_many(exprs, what=f"the lookup of {what}")
         found = _Found()
+        if adopt:
+            found.adopt = self._adoptable(p, results.pop(), ids)
         if results[0]:
             found.asset = next((a for a in results[0] if a["id"] == ids.get("asset")), results[0][0])
         if len(results) > 1 and results[1]:
@@ -490,6 +516,41 @@ class FtrackBackend(Backend):
             if not found.asset or found.asset["id"] != found.version.get("asset_id"):
                 found.asset = {"id": found.version["asset_id"]}
         return found
+
+    def _registered_query(self, p: Publish, location_id: str) -> str:
+        """ComponentLocations in the configured location whose resource identifier is this file:
+        the path (a sequence's printf pattern, also as ftrack's API writes a collection,
+        ``pattern [first-last]``) or, for a sequence, its first frame present (a member)."""
+        mine = self._resource_identifier(p, p.path)
+        terms = [f"resource_identifier is {_quote(mine, 'path')}"]
+        if p.is_sequence:
+            terms.append(f"resource_identifier like {_quote(mine + ' [%', 'path')}")
+            frames = p.frame_numbers()
+            if frames:
+                terms.append(f"resource_identifier is {_quote(self._resource_identifier(p, p.frame_path(frames[0])), 'path')}")
+        return ("select id, resource_identifier, component_id, component.version_id, component.container_id,"
+                " component.container.version_id from ComponentLocation"
+                f" where location_id is {_quote(location_id, 'id')} and ({' or '.join(terms)})")
+
+    def _adoptable(self, p: Publish, rows: list[dict[str, Any]], ids: dict[str, Any]) -> str | None:
+        """The AssetVersion of a component registered at this file that is not this job's own
+        (ids journaled before an earlier attempt sent them), else None."""
+        mine = self._resource_identifier(p, p.path)
+        frames = p.frame_numbers()
+        first = self._resource_identifier(p, p.frame_path(frames[0])) if frames else None
+        own = ids.get("component")
+        versions = []
+        for row in rows:
+            ri = str(row.get("resource_identifier") or "")
+            if not (ri == mine or (p.is_sequence and (ri.startswith(mine + " [") or ri == first))):
+                continue  # `like` is wider than wanted ('%' in a printf pattern is a wildcard)
+            comp = row.get("component") or {}
+            if own and own in (row.get("component_id"), comp.get("container_id")):
+                return None  # our own earlier attempt landed: the normal path completes it
+            version = comp.get("version_id") or (comp.get("container") or {}).get("version_id")
+            if version:
+                versions.append(str(version))
+        return versions[0] if versions else None
 
     def _find_components(self, p: Publish, ids: dict[str, Any], comp_name: str, location_id: str,
                          found: _Found, what: str) -> None:
@@ -573,12 +634,133 @@ class FtrackBackend(Backend):
 
     @staticmethod
     def _size(path: str) -> int:
+        return regular_size(path, "size")  # lstat: a symlink is not followed, a FIFO is refused
+
+    # ------------------------------------------------------------------ amend
+
+    def _amend(self, job: Job) -> TrackerRef:
+        """The files of a publish changed after it was registered (a late write, ``republish:
+        update``): update its component in place. The component's ``size`` (a sequence: the
+        total), a sequence's ``padding``, each member ``FileComponent``'s ``size``, and the members
+        (with their ``ComponentLocation``) of frames that were not there before are created, with
+        ids derived from the component id as at the first publish. Nothing else is created: no
+        Asset, AssetVersion or second component. Every attempt reads what exists first, so an
+        attempt whose answer was lost is completed, never repeated."""
+        p = job.publish
+        ids: dict[str, Any] = dict(job.state.get("ftrack") or {})
+        adopted = bool(job.state.get("adopted"))
+        version_id = (job.state.get("adopted_version") if adopted else ids.get("version")) or job.previous_id
+        comp_name = self.component_name(p)
+        if not version_id:
+            raise PermanentError(f"ftrack: cannot amend the publish of {p.path}: no AssetVersion id was journaled")
+        what = f"component {comp_name!r} of AssetVersion {version_id} ({p.path})"
+        location_id = self._location_id()
+        cid = None if adopted else ids.get("component")
+        if cid is None:
+            rows = self.query(f"select id from Component where version_id is {_quote(version_id, 'id')}"
+                              f" and name is {_quote(comp_name, 'component name')}", what=f"the lookup of {what}")
+            if not rows:
+                raise PermanentError(f"ftrack: cannot amend {what}: the version has no such component")
+            cid = rows[0]["id"]
+        q = _quote(cid, "id")
+        exprs = [f"select id, size from Component where id is {q}",
+                 f"select id, component_id from ComponentLocation where component_id is {q}"
+                 f" or component.container_id is {q}"]
+        members_wanted = p.is_sequence and self.settings.sequence_members
+        if members_wanted:
+            exprs.append(f"select id, name, size from FileComponent where container_id is {q}")
+        results = self.query_many(exprs, what=f"the lookup of {what}")
+        if not results[0]:
+            raise PermanentError(f"ftrack: cannot amend {what}: component {cid} no longer exists")
+        comp = results[0][0]
+        located = {r.get("component_id") for r in results[1]}
+        members = {str(r.get("name")): r for r in (results[2] if members_wanted else [])}
         try:
-            return os.stat(path).st_size
-        except FileNotFoundError:
-            raise PermanentError(f"ftrack: {path} vanished before it was published") from None
-        except OSError as exc:
-            raise RetryableError(f"ftrack: cannot stat {path}: {exc.strerror or exc}") from None
+            ns = uuid.UUID(str(cid))
+        except ValueError:
+            ns = uuid.uuid5(uuid.NAMESPACE_URL, str(cid))
+
+        def update(rec: dict[str, Any], **data: Any) -> dict[str, Any]:
+            etype = rec.get("__entity_type__") or "FileComponent"
+            return {"action": "update", "entity_type": etype, "entity_key": [rec["id"]],
+                    "entity_data": {"__entity_type__": etype, **data}}
+
+        creates: list[dict[str, Any]] = []
+        locs: list[dict[str, Any]] = []
+        updates: list[dict[str, Any]] = []
+        file_type = os.path.splitext(p.path)[1]
+        if not p.is_sequence:
+            total = self._size(p.path)
+        else:
+            frames = p.frame_numbers()
+            sizes = {f: self._size(p.frame_path(f)) for f in frames}
+            total = sum(sizes.values())
+            for f in frames if members_wanted else []:
+                name = f"{f:0{p.padding}d}"
+                member = members.get(name)
+                if member is None:
+                    mid = str(uuid.uuid5(ns, f"member:{f}"))
+                    creates.append(self._create("FileComponent", mid, name=name, container_id=cid,
+                                                file_type=file_type, size=sizes[f]))
+                else:
+                    mid = member["id"]
+                    if member.get("size") != sizes[f]:
+                        updates.append(update(member, size=sizes[f]))
+                if mid not in located:
+                    locs.append(self._create("ComponentLocation", str(uuid.uuid5(ns, f"location:{f}")),
+                                             component_id=mid, location_id=location_id,
+                                             resource_identifier=self._resource_identifier(p, p.frame_path(f))))
+        changes: dict[str, Any] = {}
+        if comp.get("size") != total:
+            changes["size"] = total
+        if p.is_sequence and comp.get("__entity_type__") == "SequenceComponent" and p.padding:
+            changes["padding"] = p.padding
+        if changes:
+            updates.append(update(comp, **changes))
+        if cid not in located:
+            locs.append(self._create("ComponentLocation", str(uuid.uuid5(ns, "location")), component_id=cid,
+                                     location_id=location_id, resource_identifier=self._resource_identifier(p, p.path)))
+        ops = creates + locs + updates
+        for chunk in _chunks(ops, self.settings.batch_size):
+            # creates carry ids of their own: after a lost answer the next attempt reads them back
+            self.call(chunk, what=f"amending {what}", retry=False)
+        if job.state.get("ftrack", {}).get("component") != cid and not adopted:
+            job.remember(ftrack={**ids, "component": cid, "version": version_id})
+        log.info("ftrack: amended %s: size %s, %d members created, %d updated", what, total, len(creates),
+                 len(updates))
+        url = self._url(version_id, self._context(p)) if self.settings.version_url else None
+        return TrackerRef(id=str(version_id), url=url)
+
+    # ------------------------------------------------------------------ tracker frame range
+
+    def frame_range(self, publish: Publish) -> tuple[int, int] | None:
+        """The entity's ``frame_range_attributes`` custom attributes (Shot ``fstart``/``fend``),
+        read as ftrack's API reads them: ``CustomAttributeValue`` rows of the entity whose
+        ``configuration.key`` is one of them (one query per entity per ``cache_ttl``). None when
+        the entity or either value is not set."""
+        if publish.entity is None:
+            return None
+        project = self._project(str(project_of(publish, self.settings.project)))
+        ot = self._object_type(publish.entity.type)
+        row = self._find_entity(project, ot, publish.entity.name, publish.fields, missing_ok=True)
+        if row is None:
+            return None
+        first_k, last_k = self.settings.frame_range_attributes
+        label = f"ftrack {ot['name']} {publish.entity.name!r}"
+
+        def load() -> tuple[int, int] | None:
+            rows = self.query(
+                "select value, entity_id, configuration_id, configuration.key from CustomAttributeValue"
+                f" where entity_id is {_quote(row['id'], 'id')} and configuration.key in"
+                f" ({_quote(first_k, 'custom attribute')}, {_quote(last_k, 'custom attribute')})",
+                what=f"the lookup of custom attributes {first_k}/{last_k} of {label}")
+            values: dict[str, Any] = {}
+            for r in rows:
+                key = (r.get("configuration") or {}).get("key")
+                if key is not None and key not in values:
+                    values[key] = r.get("value")
+            return frame_range_of(values.get(first_k), values.get(last_k), (first_k, last_k), label)
+        return frame_range_cached(self.cache, ("ftrack entity", row["id"], first_k, last_k), load)
 
     # ------------------------------------------------------------------ check
 

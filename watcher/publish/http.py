@@ -40,6 +40,14 @@ def body_of(resp: requests.Response) -> Any:
         return resp.text[:2000]
 
 
+def _tls_reason(exc: Exception) -> str:
+    """The innermost reason of a TLS failure ("certificate verify failed: self-signed ...")."""
+    import re
+
+    m = re.search(r"certificate verify failed: ([^(')]+)", str(exc))
+    return ("certificate verify failed: " + m.group(1).strip()) if m else type(exc).__name__
+
+
 class HttpClient:
     """``request()`` returns the decoded JSON body (or None for an empty body).
 
@@ -87,6 +95,8 @@ class HttpClient:
         raised (callers that branch on 404, say). ``retry=False`` for calls that must not be
         repeated blindly."""
         kwargs.setdefault("timeout", self.timeout)
+        # per request: a session-level verify loses to $REQUESTS_CA_BUNDLE in requests' merge
+        kwargs.setdefault("verify", self.verify)
         attempts = self.retries + 1 if retry else 1
         last: RetryableError | None = None
         for attempt in range(attempts):
@@ -95,6 +105,11 @@ class HttpClient:
                                           retry_after=last.retry_after if last else None))
             try:
                 resp = self.session.request(method, self.url(path), **kwargs)
+            except requests.exceptions.SSLError as exc:  # before ConnectionError, its base: retrying cannot help
+                raise PermanentError(self.scrub(
+                    f"{method} {path}: TLS certificate check failed for {self.base_url} ({_tls_reason(exc)}); "
+                    "set tracker.ca_bundle to your studio CA's PEM file, or tracker.verify_tls: false to turn "
+                    "certificate checks off (not recommended)")) from None
             except requests.Timeout as exc:
                 last = RetryableError(self.scrub(f"{method} {path}: no answer within {self.timeout:g} s "
                                                  f"({type(exc).__name__})"))

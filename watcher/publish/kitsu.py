@@ -11,7 +11,8 @@ Zou facts this module is built around (verified against a real Zou 1.0.97):
 - Output-file uniqueness is only checked in Python on the server (the unique constraint
   contains NULL columns), so concurrent creates of the same key duplicate: ``serialize_key``
   keeps two of our workers off the same key, and every publish looks for the record before
-  creating it.
+  creating it. That look is one listing of the entity's output files, read twice: an output file
+  of the same path (and revision) made by someone else is adopted, nothing is created.
 - The create ignores ``path``/``size``/``checksum``/``data``; they are set by a follow-up
   ``PUT``. ``size`` is an int32 column and ``checksum`` 32 characters (md5 fits).
 - A create that fails after the insert (no file tree on the project) leaves an orphan row that
@@ -37,9 +38,10 @@ from ..model import Job, Publish, TrackerRef
 from ..secrets import read_secret
 from .base import Backend, BackendContext, CheckResult
 from .http import HttpClient, HttpError
-from .tracker import (ASSET_TYPE_KEYS, EPISODE_KEYS, MOVIE_EXTENSIONS, SEQUENCE_KEYS, BearerAuth, LookupCache,
-                      Scrubber, Token, TrackerSettings, check_step, config_path, field_value, no_blank_values,
-                      project_of, tracker_http)
+from .tracker import (ADOPT_TTL, ASSET_TYPE_KEYS, EPISODE_KEYS, MOVIE_EXTENSIONS, SEQUENCE_KEYS, BearerAuth,
+                      FolderListing, LookupCache, Scrubber, Token, TrackerSettings, adopt_once, adopted_ref, check_step,
+                      config_path, field_value, frame_range_cached, frame_range_of, no_blank_values, open_regular,
+                      project_of, regular_size, same_file, tracker_http)
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +192,7 @@ class KitsuBackend(Backend):
                                  describe_error=describe_zou_error)
         self.auth = _Auth(settings, token, password, self.http)
         self.cache = LookupCache(settings.cache_ttl)
+        self._listing = FolderListing(min(ADOPT_TTL, settings.cache_ttl))  # output files per entity
         # Creating a shared record (entity, task, output type) many publishes use: rare, one at a
         # time. Publishes of one serialize_key are already serialised by the workers.
         self._create_lock = threading.Lock()
@@ -471,6 +474,13 @@ class KitsuBackend(Backend):
                                      f"files (and leaves orphan rows when asked); set one in Kitsu's production "
                                      f"settings (watcher check reports this)")
         entity = self.entity(project, p)
+        page = lambda _id: self._web_url(project, entity)  # noqa: E731
+        if job.amend:
+            return self._amend(job, entity, page)
+        # before the type/task lookups: an adopted file needs none of them
+        if self.settings.adopt and adopt_once(job, "output_file_id", None,
+                                              lambda: self._existing_output(entity, p, job)):
+            return adopted_ref(job, "output_file_id", page)  # type: ignore[return-value]
         task_type = self.task_type(self.task_type_name(p))
         output_type = self.output_type(self.output_type_name(p), p.extension)
         review = self.review_wanted(p)
@@ -485,9 +495,54 @@ class KitsuBackend(Backend):
             output = self._create_output(entity, output_type, task_type, p, job, working, where)
         job.remember(output_file_id=output["id"])
         output = self._record_file(output, p, job, task, where)
+        self._listing.add(("output-files", entity["id"]), output)  # with its path: the next publish reads it
         if task is not None and (self.settings.comment or review):
             self._comment(task, output, p, job, review, where)
         return TrackerRef(id=output["id"], url=self._web_url(project, entity))
+
+    def _amend(self, job: Job, entity: dict, page: Any) -> TrackerRef:
+        """The files of a publish changed after it was registered (a late write, ``republish:
+        update``): its output file gets the new ``size``, ``checksum`` (md5, computed again) and
+        ``nb_elements``, and in ``data`` the new size and frames (``frames``, ``frame_in``/``frame_out``,
+        ``frame_count``, ``missing_frames``). One ``PUT`` of the record: idempotent, so a retry after a
+        lost answer sends the same values again. No output file, comment or preview is created."""
+        p = job.publish
+        oid = job.state.get("output_file_id") or job.previous_id
+        if oid is None:
+            raise PermanentError(f"cannot amend the publish of {p.path}: no Kitsu output file id was journaled")
+        where = f"{self._describe_entity(p)} ({p.name})"
+        try:
+            output = self.call("GET", f"/data/output-files/{oid}")
+        except HttpError as exc:
+            raise PermanentError(f"cannot amend output file {oid} on {where}: {server_words(exc)}") from None
+        if self.settings.checksum:
+            job.remember(md5=self._md5(p))  # the file changed: the checksum of the first publish is stale
+        output = self._record_file(output, p, job, None, where)
+        self._listing.add(("output-files", entity["id"]), output)
+        log.info("Kitsu: amended output file %s of %s (size %s)", oid, where, output.get("size"))
+        return TrackerRef(id=str(oid), url=page(oid))
+
+    # ---- tracker frame range ------------------------------------------------------------------------
+    def frame_range(self, publish: Publish) -> tuple[int, int] | None:
+        """The entity's ``data.frame_in``/``data.frame_out`` (where Kitsu keeps a shot's range),
+        read once per entity per ``cache_ttl``. None when the entity or either value is not there."""
+        if publish.entity is None:
+            return None
+        project = self.project(self.project_name(publish))
+        entity = self._find_entity(project, publish, fresh=False)
+        if entity is None:
+            return None
+        label = f"Kitsu {self._describe_entity(publish)}"
+
+        def load() -> tuple[int, int] | None:
+            try:
+                row = self.call("GET", f"/data/entities/{entity['id']}")
+            except HttpError as exc:
+                raise PermanentError(f"cannot read the frame range of {label}: {server_words(exc)}") from None
+            data = (row or {}).get("data") or {}
+            return frame_range_of(data.get("frame_in"), data.get("frame_out"), ("data.frame_in", "data.frame_out"),
+                                  label)
+        return frame_range_cached(self.cache, ("kitsu entity", entity["id"]), load)
 
     def _validate(self, p: Publish) -> None:
         """Refuse what Zou would refuse with a 500 (retried forever) or a truncation error."""
@@ -499,18 +554,40 @@ class KitsuBackend(Backend):
         if not p.extension:
             raise PermanentError(f"{p.path}: no file extension, Kitsu needs one for the representation")
 
-    def _find_output(self, entity: dict, output_type: dict, task_type: dict, p: Publish, job: Job) -> dict | None:
+    def _outputs(self, entity: dict, *, fresh: bool = False) -> list[dict]:
+        """Every output file of the entity: one request, kept ``ADOPT_TTL`` seconds so that the
+        publishes of one shot share it; both the adoption (by path) and the key search read it."""
+        return self._listing.cache.fetch(
+            ("output-files", entity["id"]),
+            lambda: list(self.call("GET", f"/data/entities/{entity['id']}/output-files") or []), fresh=fresh)
+
+    @staticmethod
+    def _ours(row: dict, p: Publish, job: Job) -> bool:
+        """Made by this publish: its id journaled, or our key/marker on it."""
+        data = row.get("data") or {}
+        return (row.get("id") == job.state.get("output_file_id") or data.get("watcher_key") == p.key
+                or _marker(p) in (row.get("comment") or ""))
+
+    def _existing_output(self, entity: dict, p: Publish, job: Job) -> str | None:
+        """An output file of this file (same path, and revision when the publish has a version)
+        made by someone else (a Kitsu publisher, gazu), whatever its name or types."""
+        rows = [r for r in self._outputs(entity, fresh=job.uncertain)
+                if not r.get("canceled") and not self._ours(r, p, job)]
+        rec = same_file(rows, p.path, p.version if p.version and p.version > 0 else None,
+                        path_of=lambda r: r.get("path"), version_of=lambda r: r.get("revision"))
+        return rec["id"] if rec else None
+
+    def _find_output(self, entity: dict, output_type: dict, task_type: dict, p: Publish, job: Job,
+                     *, fresh: bool = False) -> dict | None:
         """An output file this publish already made (or an identical one), else None. A record
         with the same key that is not ours is a conflict, refused with its details."""
-        rows = self.call("GET", f"/data/entities/{entity['id']}/output-files", params={
-            "output_type_id": output_type["id"], "task_type_id": task_type["id"], "name": p.name,
-            "representation": p.extension}) or []
-        marker, known = _marker(p), job.state.get("output_file_id")
+        want = {"output_type_id": output_type["id"], "task_type_id": task_type["id"], "name": p.name,
+                "representation": p.extension}
+        rows = sorted((r for r in self._outputs(entity, fresh=fresh or job.uncertain)
+                       if all(r.get(k) == v for k, v in want.items())), key=lambda r: -(r.get("revision") or 0))
 
         def ours(row: dict) -> bool:
-            data = row.get("data") or {}
-            return (row.get("id") == known or data.get("watcher_key") == p.key
-                    or marker in (row.get("comment") or ""))
+            return self._ours(row, p, job)
         if p.version is not None and p.version > 0:
             same = [r for r in rows if r.get("revision") == p.version and not r.get("canceled")]
             mine = [r for r in same if ours(r)]
@@ -541,7 +618,9 @@ class KitsuBackend(Backend):
         path = f"/data/entities/{entity['id']}/output-files/new"
         try:
             # not retried blindly: a dropped answer may hide a created row, so look first
-            return self.call("POST", path, json=body, retry=False)
+            created = self.call("POST", path, json=body, retry=False)
+            self._listing.add(("output-files", entity["id"]), created)
+            return created
         except RetryableError:
             found = self._retry_find(entity, output_type, task_type, p, job)
             if found is not None:
@@ -549,7 +628,7 @@ class KitsuBackend(Backend):
             raise
         except HttpError as exc:
             if exc.status == 400:
-                found = self._find_output(entity, output_type, task_type, p, job)
+                found = self._find_output(entity, output_type, task_type, p, job, fresh=True)
                 if found is not None:  # "already exists": another agent or an earlier attempt won
                     return found
             if exc.status == 404:
@@ -558,7 +637,7 @@ class KitsuBackend(Backend):
 
     def _retry_find(self, entity: dict, output_type: dict, task_type: dict, p: Publish, job: Job) -> dict | None:
         try:
-            return self._find_output(entity, output_type, task_type, p, job)
+            return self._find_output(entity, output_type, task_type, p, job, fresh=True)
         except RetryableError:
             return None
 
@@ -603,6 +682,8 @@ class KitsuBackend(Backend):
         if task is not None:
             data["task_id"] = task["id"]
         body: dict[str, Any] = {"data": data, "size": size if size <= INT32_MAX else None}
+        if p.is_sequence:
+            body["nb_elements"] = max(1, p.frame_count)
         if len(p.path) <= MAX_PATH:
             body["path"] = p.path
         else:
@@ -626,13 +707,7 @@ class KitsuBackend(Backend):
 
     @staticmethod
     def _disk_size(p: Publish) -> int:
-        total = 0
-        for f in p.file_paths():
-            try:
-                total += os.stat(f).st_size
-            except OSError:
-                pass
-        return total
+        return sum(regular_size(f) for f in p.file_paths())  # a symlink or FIFO is refused
 
     @staticmethod
     def _md5(p: Publish) -> str:
@@ -641,7 +716,7 @@ class KitsuBackend(Backend):
         digest = hashlib.md5()
         for f in p.file_paths():
             try:
-                with open(f, "rb") as fh:
+                with open_regular(f, "checksum") as fh:  # never follows a symlink, never blocks on a FIFO
                     for chunk in iter(lambda: fh.read(1 << 20), b""):
                         digest.update(chunk)
             except OSError as exc:
@@ -707,7 +782,7 @@ class KitsuBackend(Backend):
             return  # uploaded by an earlier attempt
         mime = mimetypes.guess_type(source)[0] or "application/octet-stream"
         try:
-            with open(source, "rb") as fh:
+            with open_regular(source, "preview") as fh:
                 self.call("POST", f"/pictures/preview-files/{preview['id']}", retry=False,
                           params={"no_job": "true", "normalize": "false"},
                           files={"file": (os.path.basename(source), fh, mime)},

@@ -36,10 +36,17 @@ class Registry:
 
         def run(cur: Any) -> list[tuple[int, float]]:
             now = time.time()
-            return [tuple(cur.execute(  # type: ignore[misc]
-                "INSERT INTO registry (key, created_at, payload) VALUES (?,?,?) "
-                "ON CONFLICT (key) DO UPDATE SET payload=excluded.payload RETURNING id, created_at",
-                (key, now, to_json(payload))).fetchone()) for key, payload in items]
+            got: dict[str, tuple[int, float]] = {}
+            latest = dict(items)  # a key twice in one batch: its last payload
+            keys = list(latest)
+            for i in range(0, len(keys), 200):  # one statement per 200 entries
+                chunk = keys[i:i + 200]
+                rows = cur.execute(
+                    "INSERT INTO registry (key, created_at, payload) VALUES " + ",".join("(?,?,?)" for _ in chunk)
+                    + " ON CONFLICT (key) DO UPDATE SET payload=excluded.payload RETURNING key, id, created_at",
+                    [x for k in chunk for x in (k, now, to_json(latest[k]))]).fetchall()
+                got.update((k, (rid, at)) for k, rid, at in rows)
+            return [got[key] for key, _ in items]
 
         return self.db.write(run)
 
@@ -60,7 +67,7 @@ class LocalBackend(Backend):
         super().__init__(settings, context)
         self.registry = Registry(context.journal_url)
 
-    batch_size = 64
+    batch_size = 256
 
     def publish(self, job: Job) -> TrackerRef:
         reg_id, _created = self.registry.add(job.publish.key, job.publish.to_dict())

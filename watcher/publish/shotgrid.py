@@ -11,7 +11,8 @@ is linked to it and a thumbnail is uploaded.
 Exactly once: nothing on a ShotGrid site is unique, so after an uncertain outcome the backend
 searches for a PublishedFile with the same ``path_cache``, storage and version before creating,
 and creates are never retried blindly (``retry=False``); ids are remembered in the job state as
-soon as they are known."""
+soon as they are known. Before the first create, a PublishedFile of the same file made by a peer
+tool (tk-multi-publish2) is adopted instead (one search per folder, see ``tracker.FolderListing``)."""
 from __future__ import annotations
 
 import json
@@ -35,8 +36,10 @@ from ..model import Job, Publish, TrackerRef
 from ..secrets import read_secret
 from .base import Backend, BackendContext, CheckResult
 from .http import HttpError
-from .tracker import (ASSET_TYPE_KEYS, MOVIE_EXTENSIONS, SEQUENCE_KEYS, BearerAuth, LookupCache, Scrubber, Token,
-                      TrackerSettings, check_step, config_path, create_once, field_value, project_of, tracker_http)
+from .tracker import (ADOPT_TTL, ASSET_TYPE_KEYS, MOVIE_EXTENSIONS, SEQUENCE_KEYS, BearerAuth, FolderListing,
+                      LookupCache, Scrubber, Token, TrackerSettings, adopt_once, adopted_ref, check_step, config_path,
+                      create_once, field_value, frame_range_cached, frame_range_of, open_regular, project_of,
+                      regular_size, same_file, tracker_http)
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +77,10 @@ class ShotGridSettings(TrackerSettings):
     create_missing_entities: bool | list[str] = False  # True = Shot, Asset, Sequence
     require_task: bool = True  # a publish naming a task that does not exist fails
     frame_range_field: str | None = None  # PublishedFile field for "1001-1100" (e.g. sg_frame_range)
+    # the entity's first and last frame for `expect_frames: tracker` (head/tail: sg_head_in, sg_tail_out)
+    frame_range_fields: list[str] = Field(default_factory=lambda: ["sg_cut_in", "sg_cut_out"], min_length=2,
+                                          max_length=2)
+    size_field: str | None = None  # a number field of PublishedFile for the size in bytes (none is standard)
     created_by: int | None = None  # HumanUser id written as created_by
     status: str | None = None  # sg_status_list of new publishes (None: the site's default)
     extra_fields: dict[str, Any] = Field(default_factory=dict)  # like register_publish's sg_fields
@@ -254,7 +261,7 @@ class ShotGridClient(BearerAuth):
             target = target._replace(scheme=site.scheme, netloc=site.netloc)
         ctype = {"jpg": "image/jpeg", "jpeg": "image/jpeg", "png": "image/png", "gif": "image/gif"}.get(
             name.rsplit(".", 1)[-1].lower(), "application/octet-stream")
-        with open(path, "rb") as fh:
+        with open_regular(path, "upload") as fh:
             payload = fh.read()
         # a presigned URL: no bearer token (the storage service would refuse it)
         self.http.request("PUT", urlunsplit(target), data=payload, headers={"Content-Type": ctype})
@@ -275,6 +282,7 @@ class ShotGridBackend(Backend):
         super().__init__(settings, context)
         self.client = ShotGridClient(settings, context.config_dir)
         self.cache = LookupCache(settings.cache_ttl)
+        self._listing = FolderListing(min(ADOPT_TTL, settings.cache_ttl))  # existing publishes per folder
         # Creating a shared record (a PublishedFileType, a Shot) that many publishes use: one
         # lock per record, so two publishes never both create it. (Publishes of one key are
         # already serialised by the workers.)
@@ -286,15 +294,23 @@ class ShotGridBackend(Backend):
         p = job.publish
         project = self._project(p)
         storage, rel = self._storage(p)
+        page = lambda rid: f"{self.client.site}/detail/PublishedFile/{rid}"  # noqa: E731
+        if job.amend:
+            return self._amend(job, project, storage, rel, page)
+        # before the entity/task/type lookups: an adopted file needs none of them
+        if self.settings.adopt and adopt_once(job, "published_file_id", "publish_sent",
+                                              lambda: self._existing_published_file(project, storage, rel, p.version)):
+            return adopted_ref(job, "published_file_id", page)  # type: ignore[return-value]
         entity = self._entity(p, project) if p.entity else None
         task = self._task(p, project, entity) if p.task else None
         pftype = self._publish_type(p.publish_type) if p.publish_type else None
         where = self._where(p, project)
-
         pf_id = self._create_once(
             job, "PublishedFile", "published_file_id", "publish_sent", f"the PublishedFile for {where}",
             lambda: self._find_published_file(project, storage, rel, p.version),
             lambda: self._published_file_data(p, project, storage, rel, entity, task, pftype))
+        self._listing.add(self._folder_key(project, storage, rel), {"id": pf_id, "path_cache": rel,
+                                                                    "version_number": p.version})
         pf = {"type": "PublishedFile", "id": pf_id}
 
         version = None
@@ -302,7 +318,7 @@ class ShotGridBackend(Backend):
             version = self._version(job, p, project, entity, task, pf, where)
         if self.settings.thumbnail and not job.state.get("thumbnail_done"):
             self._thumbnail(job, p, [pf] + ([version] if version else []))
-        return TrackerRef(id=str(pf_id), url=f"{self.client.site}/detail/PublishedFile/{pf_id}")
+        return TrackerRef(id=str(pf_id), url=page(pf_id))
 
     def _where(self, p: Publish, project: dict[str, Any]) -> str:
         ent = f"{p.entity.type} '{p.entity.name}'" if p.entity else "the project"
@@ -335,7 +351,82 @@ class ShotGridBackend(Backend):
             data["sg_status_list"] = self.settings.status
         if self.settings.frame_range_field and p.frames:
             data[self.settings.frame_range_field] = p.frames
+        if self.settings.size_field:
+            data[self.settings.size_field] = p.size
         return data
+
+    # ---- amend ------------------------------------------------------------------------------------
+    def _amend(self, job: Job, project: dict[str, Any], storage: dict[str, Any], rel: str,
+               page: Callable[[Any], str]) -> TrackerRef:
+        """The files of a publish changed after it was registered (a late write, ``republish:
+        update``): update its PublishedFile in place. ``path``/``path_cache``, ``code``,
+        ``version_number`` and the links stay; ``description``, ``frame_range_field`` and
+        ``size_field`` (when configured) get the new values, and a review Version made by the
+        first publish gets the new first/last frame and count. One ``PUT`` per record: an update
+        is idempotent, so a retry after a lost answer sends the same values again."""
+        p = job.publish
+        rid = job.state.get("published_file_id") or job.previous_id
+        if rid is None:  # nothing journaled: the record made before is found like after a crash
+            found = self._find_published_file(project, storage, rel, p.version)
+            if found is None:
+                raise PermanentError(f"cannot amend the publish of {p.path}: no PublishedFile id was journaled "
+                                     f"and none has path_cache {rel!r} (version {p.version})")
+            rid = found["id"]
+        rid = int(rid)
+        if job.state.get("published_file_id") != rid:
+            job.remember(published_file_id=rid)
+        data: dict[str, Any] = {}
+        if not job.state.get("adopted"):  # someone else's record keeps their description
+            data["description"] = p.description or None
+        if self.settings.frame_range_field and p.frames:
+            data[self.settings.frame_range_field] = p.frames
+        if self.settings.size_field:
+            data[self.settings.size_field] = p.size
+        if data:
+            self._update("PublishedFile", rid, data, f"the PublishedFile of {p.path}")
+        vid = job.state.get("version_id")
+        frames = p.frame_numbers()
+        if vid is not None and frames:
+            first, last = min(frames), max(frames)
+            self._update("Version", int(vid), {"sg_first_frame": first, "sg_last_frame": last,
+                                               "frame_count": last - first + 1, "frame_range": f"{first}-{last}"},
+                         f"the review Version of {p.path}")
+        log.info("ShotGrid: amended PublishedFile %s (%s)", rid, ", ".join(sorted(data)) or "nothing to update")
+        return TrackerRef(id=str(rid), url=page(rid))
+
+    def _update(self, entity_type: str, rid: int, data: dict[str, Any], what: str) -> None:
+        try:
+            resp = self.client.request("PUT", f"entity/{slug(entity_type)}/{rid}", data=json.dumps(data),
+                                       headers={"Content-Type": "application/json"}, ok_statuses=(404,))
+        except HttpError as exc:
+            raise PermanentError(f"ShotGrid refused to update {what} ({entity_type} {rid}): {exc.message}") from None
+        if isinstance(resp, dict) and "errors" in resp:  # the 404 body
+            raise PermanentError(f"cannot update {what}: {entity_type} {rid} no longer exists on {self.client.site}")
+
+    # ---- tracker frame range ------------------------------------------------------------------------
+    def frame_range(self, publish: Publish) -> tuple[int, int] | None:
+        """The entity's ``frame_range_fields`` (Shot ``sg_cut_in``/``sg_cut_out`` by default), read
+        once per entity per ``cache_ttl``. None when the entity, or either value, is not there."""
+        if publish.entity is None:
+            return None
+        project = self._project(publish)
+        etype, code = publish.entity.type, publish.entity.name
+        first_f, last_f = self.settings.frame_range_fields
+        key = (etype, project["id"], code.lower())
+        entity = self.cache.get(key) or self._find_entity(etype, code, project, publish.fields)
+        if entity is None:
+            return None
+        self.cache.put(key, entity)
+
+        def load() -> tuple[int, int] | None:
+            try:
+                rec = self.client.read(etype, entity["id"], [first_f, last_f])
+            except HttpError as exc:
+                raise PermanentError(f"cannot read {first_f}/{last_f} of {etype} '{code}': {exc.message}") from None
+            if rec is None:
+                return None
+            return frame_range_of(rec.get(first_f), rec.get(last_f), (first_f, last_f), f"ShotGrid {etype} '{code}'")
+        return frame_range_cached(self.cache, (etype, entity["id"], first_f, last_f), load)
 
     def _find_published_file(self, project: dict[str, Any], storage: dict[str, Any], rel: str,
                              version: int | None) -> dict[str, Any] | None:
@@ -344,13 +435,35 @@ class ShotGridBackend(Backend):
             ["project", "is", link(project)], ["path_cache_storage", "is", link(storage)],
             ["path_cache", "is", rel], ["version_number", "is", version]], ["code", "path_cache"])
 
+    @staticmethod
+    def _folder_key(project: dict[str, Any], storage: dict[str, Any], rel: str) -> tuple[Any, ...]:
+        return ("PublishedFile folder", project["id"], storage["id"], rel.rsplit("/", 1)[0].lower())
+
+    def _existing_published_file(self, project: dict[str, Any], storage: dict[str, Any], rel: str,
+                                 version: int | None) -> int | None:
+        """A PublishedFile of this file made by anyone (tk-multi-publish2, register_publish): same
+        ``path_cache`` and storage, and version number when the publish has one. Toolkit finds
+        publishes by these same fields. One search lists the whole folder (kept ``ADOPT_TTL``
+        seconds), so the files of one folder cost one request together."""
+        folder = rel.rsplit("/", 1)[0]
+        rows = self._listing.get(self._folder_key(project, storage, rel), lambda: [
+            r for r in self.client.search("PublishedFile", [
+                ["project", "is", link(project)], ["path_cache_storage", "is", link(storage)],
+                ["path_cache", "starts_with", folder + "/"]], ["path_cache", "version_number"], sort="id")
+            if str(r.get("path_cache") or "").rsplit("/", 1)[0].lower() == folder.lower()])
+        rec = same_file(rows, rel, version, path_of=lambda r: r.get("path_cache"),
+                        version_of=lambda r: r.get("version_number"), ignore_case=True)
+        return rec["id"] if rec else None
+
     # ---- lookups --------------------------------------------------------------------------------
     def _lock_for(self, key: Any) -> threading.Lock:
         with self._locks_lock:
             return self._create_locks.setdefault(key, threading.Lock())
 
     def _project(self, p: Publish) -> dict[str, Any]:
-        return self.project(project_of(p, self.settings.project, key=self.settings.project_key))
+        ref = project_of(p, self.settings.project, key=self.settings.project_key)
+        # digits are an id, as for tracker.project (a publish carries tracker.project as text)
+        return self.project(int(ref) if isinstance(ref, str) and ref.strip().isdigit() else ref)
 
     def project(self, ref: int | str) -> dict[str, Any]:
         """A Project by id, else by ``name`` or ``tank_name`` (the project folder)."""
@@ -586,6 +699,12 @@ class ShotGridBackend(Backend):
         """Upload a thumbnail to the publish (and its Version). A refusal or a failing command is
         logged, not fatal: the publish itself exists; a transient error retries the job."""
         source = p.middle_frame_path()
+        if source is not None and self.settings.thumbnail_command:
+            try:  # the command would hang on a FIFO, or read through a symlink
+                regular_size(source, "thumbnail")
+            except PublishError as exc:
+                log.warning("thumbnail for %s not made: %s", p.path, exc.message)
+                source = None
         with tempfile.TemporaryDirectory(prefix="watcher-thumb-") as tmp:
             image = self._thumbnail_image(source, p, tmp) if source else None
             if image is None:
@@ -614,7 +733,12 @@ class ShotGridBackend(Backend):
                             done.stderr.decode(errors="replace")[-500:])
                 return None
             return out
-        if p.extension in {e.lower() for e in self.settings.thumbnail_extensions} and os.path.isfile(source):
+        if p.extension in {e.lower() for e in self.settings.thumbnail_extensions}:
+            try:
+                regular_size(source, "thumbnail")
+            except PublishError as exc:
+                log.warning("thumbnail for %s not uploaded: %s", p.path, exc.message)
+                return None
             return source
         return None
 
@@ -636,7 +760,7 @@ class ShotGridBackend(Backend):
         if s.created_by is not None:
             out.append(check_step(f"created_by HumanUser {s.created_by}", self._check_user))
         fields = [("PublishedFile", f) for f in ([s.frame_range_field] if s.frame_range_field else [])
-                  + list(s.extra_fields)]
+                  + ([s.size_field] if s.size_field else []) + list(s.extra_fields)]
         if s.version_for_review:
             fields += [("Version", f) for f in ("sg_path_to_frames", "sg_first_frame", "sg_last_frame",
                                                 "frame_range", "published_files")]

@@ -11,29 +11,41 @@ strategy. From here it takes:
   carry a configured secret;
 - ``LookupCache``: positive lookups for ``cache_ttl`` seconds (cachetools' ``TTLCache``);
 - ``BearerAuth``: a bearer token kept, renewed before expiry and once after a 401;
-- ``check_step()``, ``create_once()``, ``project_of()`` / ``field_value()`` and ``MOVIE_EXTENSIONS``.
+- ``check_step()``, ``create_once()``, ``project_of()`` / ``field_value()`` and ``MOVIE_EXTENSIONS``;
+- adoption (a record of the same file made by a peer tool is taken, never duplicated):
+  ``adopt_once()`` (journaled as adopted before anything else is sent), ``adopted_ref()``,
+  ``FolderListing`` (one lookup per folder, kept ``ADOPT_TTL`` seconds) and ``same_file()``;
+- reading a publish's files: ``open_regular()`` / ``regular_size()`` (never follow a symlink,
+  never block on a FIFO or device swapped in for a file);
+- tracker frame ranges (``expect_frames: tracker``): ``frame_range_cached()`` (one lookup per
+  entity per ``cache_ttl``, a missing range included) and ``frame_range_of()``.
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import logging
 import math
+import os
 import re
+import stat as stat_mod
 import threading
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Hashable, Iterable
+from typing import Any, BinaryIO, Callable, Hashable, Iterable, TypeVar
 
 from cachetools import TTLCache
 from pydantic import Field
 
-from ..errors import ConfigError, PermanentError, PublishError
-from ..model import Job, Publish
+from ..errors import ConfigError, PermanentError, PublishError, RetryableError
+from ..model import Job, Publish, TrackerRef
 from .base import BackendSettings, CheckResult
 from .http import HttpClient, HttpError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: Extensions played as movies (a ShotGrid Version's ``sg_path_to_movie``, a Kitsu preview).
 MOVIE_EXTENSIONS = frozenset({"mov", "mp4", "m4v", "avi", "mkv", "webm", "wmv"})
@@ -55,6 +67,7 @@ class TrackerSettings(BackendSettings):
     verify_tls: bool = True  # false: no certificate check at all (a warning is logged)
     ca_bundle: Path | None = None  # PEM file of the studio CA; relative to the configuration file
     cache_ttl: float = Field(300.0, ge=0)  # seconds a looked-up record stays cached; 0: no cache
+    adopt: bool = True  # before creating, take a record of the same file the tracker already has
 
 
 def no_blank_values(mapping: dict[str, str]) -> dict[str, str]:
@@ -271,6 +284,72 @@ def create_once(job: Job, id_key: str, sent_key: str, find: Callable[[], Any | N
     return rid
 
 
+#: Seconds a folder's listing of existing records is kept for adoption: long enough for the files
+#: of one folder settling together to share one lookup, short enough that a peer's publish made
+#: meanwhile is seen by the next folder visit.
+ADOPT_TTL = 10.0
+
+
+def adopt_once(job: Job, id_key: str, sent_key: str | None, lookup: Callable[[], Any | None]) -> Any | None:
+    """The id of a record of the same file that the tracker already holds (made by a peer
+    publisher: Toolkit, ftrack Connect, Kitsu), or None. It runs before this job's first create
+    only: once ``sent_key`` is journaled the record may be our own, and ``create_once``'s
+    ``find`` decides. A hit is journaled as ``{id_key: id, "adopted": True}`` before returning,
+    so a retry keeps the adoption and never creates."""
+    if job.state.get("adopted"):
+        return job.state.get(id_key)
+    if job.state.get(id_key) is not None or (sent_key and job.state.get(sent_key)):
+        return None
+    rid = lookup()
+    if rid is not None:
+        job.remember(**{id_key: rid, "adopted": True})
+    return rid
+
+
+def adopted_ref(job: Job, id_key: str, url: Callable[[Any], str | None] = lambda _id: None) -> TrackerRef | None:
+    """The ``TrackerRef`` of a job that adopted a record (see ``adopt_once``), else None."""
+    if not job.state.get("adopted") or job.state.get(id_key) is None:
+        return None
+    rid = job.state[id_key]
+    return TrackerRef(id=str(rid), url=url(rid), adopted=True)
+
+
+def same_file(records: Iterable[T], path: str, version: int | None, *, path_of: Callable[[T], Any],
+              version_of: Callable[[T], Any], ignore_case: bool = False) -> T | None:
+    """The record registering ``path`` (and ``version`` when the publish has one: a
+    ``republish: new_version`` of the same file is a new record, not the old one), else None.
+    With several, the oldest as listed."""
+    want = path.lower() if ignore_case else path
+    for rec in records:
+        got = path_of(rec)
+        if got is None:
+            continue
+        got = str(got).lower() if ignore_case else str(got)
+        if got == want and (version is None or version_of(rec) == version):
+            return rec
+    return None
+
+
+class FolderListing:
+    """What the tracker holds in one folder, fetched once per folder and kept ``ttl`` seconds
+    (``ADOPT_TTL``), so the files of one folder settling together cost one lookup, not one
+    each. ``add`` keeps a listing right after our own create or update (a record with the same
+    ``id`` is replaced)."""
+
+    def __init__(self, ttl: float = ADOPT_TTL, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.cache = LookupCache(ttl, clock=clock)
+
+    def get(self, key: Hashable, load: Callable[[], list[Any]]) -> list[Any]:
+        return self.cache.fetch(key, load)
+
+    def add(self, key: Hashable, record: Any) -> None:
+        rows = self.cache.get(key)
+        if rows is not None:
+            rid = record.get("id") if isinstance(record, dict) else None
+            self.cache.put(key, [r for r in rows if rid is None or not isinstance(r, dict) or r.get("id") != rid]
+                           + [record])
+
+
 def field_value(fields: dict[str, Any], keys: Iterable[str]) -> str | None:
     """The first non-empty template field among ``keys``; exact spelling first, then any case."""
     lower = {str(k).lower(): v for k, v in fields.items()}
@@ -298,6 +377,107 @@ def project_of(p: Publish, setting: int | str | None, *, key: str | None = None)
                          + "; set tracker.project or name the project in the publishes rule")
 
 
+# ---- reading a publish's files ----------------------------------------------------------------
+
+#: errnos of a read that a later attempt may get through (the rest are permanent).
+_TRANSIENT_ERRNOS = frozenset({errno.EIO, errno.EINTR, errno.EAGAIN, errno.EMFILE, errno.ENFILE, errno.ENOMEM,
+                               errno.ETIMEDOUT, errno.ESTALE})
+_KINDS = ((stat_mod.S_ISFIFO, "a FIFO"), (stat_mod.S_ISCHR, "a character device"),
+          (stat_mod.S_ISBLK, "a block device"), (stat_mod.S_ISSOCK, "a socket"), (stat_mod.S_ISDIR, "a directory"),
+          (stat_mod.S_ISLNK, "a symlink"))
+
+
+def _kind(mode: int) -> str:
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
+def _read_error(path: str, what: str, exc: OSError) -> PublishError:
+    words = exc.strerror or str(exc)
+    if exc.errno == errno.ENOENT:
+        return PermanentError(f"{path} vanished before it was published (its {what} was not read)")
+    if exc.errno == errno.ELOOP:
+        return PermanentError(f"{path} is a symlink; watcher reads only regular files for the {what} "
+                              "(publish the file itself)")
+    if exc.errno in _TRANSIENT_ERRNOS:
+        return RetryableError(f"cannot read {path} for its {what}: {words}")
+    return PermanentError(f"cannot read {path} for its {what}: {words}")
+
+
+def open_regular(path: str, what: str = "publish") -> BinaryIO:
+    """``path`` opened for reading, refusing anything but a regular file: ``O_NOFOLLOW`` (a
+    symlink is never followed) and ``O_NONBLOCK`` (a FIFO or device swapped in for the file
+    never blocks the worker), then ``fstat`` on the open descriptor, so what is read is what
+    was checked. ``what`` names the read in errors ("checksum", "thumbnail", "preview").
+    Refusals are ``PermanentError``; a transient I/O error is a ``RetryableError``."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise _read_error(path, what, exc) from None
+    try:
+        st = os.fstat(fd)
+        if not stat_mod.S_ISREG(st.st_mode):
+            raise PermanentError(f"{path} is {_kind(st.st_mode)}, not a regular file; its {what} is not read")
+        # a regular file never blocks; clear the flag so reads behave as usual
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+        return os.fdopen(fd, "rb")
+    except OSError as exc:
+        os.close(fd)
+        raise _read_error(path, what, exc) from None
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def regular_size(path: str, what: str = "size") -> int:
+    """The size of ``path`` (``lstat``: a symlink is not followed), refusing anything but a
+    regular file, as ``open_regular`` does; nothing is opened."""
+    try:
+        st = os.lstat(path)
+    except OSError as exc:
+        raise _read_error(path, what, exc) from None
+    if not stat_mod.S_ISREG(st.st_mode):
+        raise PermanentError(f"{path} is {_kind(st.st_mode)}, not a regular file; its {what} is not read")
+    return st.st_size
+
+
+# ---- tracker frame ranges ---------------------------------------------------------------------
+
+def frame_range_cached(cache: LookupCache, key: Hashable,
+                       load: Callable[[], tuple[int, int] | None]) -> tuple[int, int] | None:
+    """``load()`` once per ``key`` (an entity) for the cache's ``cache_ttl``: a range, and also
+    the absence of one (so a held candidate polling an entity without a range does not ask the
+    tracker each time)."""
+    return cache.fetch(("frame range", key), lambda: (load(),))[0]
+
+
+def _frame(value: Any, name: str, where: str) -> int | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        number = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError):
+        number = math.nan
+    if math.isnan(number) or number != int(number):
+        raise PermanentError(f"{where}: {name} is {value!r}, not a frame number; fix it on the tracker "
+                             "or use a literal expect_frames range")
+    return int(number)
+
+
+def frame_range_of(first: Any, last: Any, names: tuple[str, str], where: str) -> tuple[int, int] | None:
+    """``(first, last)`` from a tracker's two values (numbers, or numbers as text), None when
+    either is unset. A value that is not a whole number, or a range ending before it starts, is a
+    ``PermanentError`` naming the fields."""
+    a, b = _frame(first, names[0], where), _frame(last, names[1], where)
+    if a is None or b is None:
+        return None
+    if b < a:
+        raise PermanentError(f"{where}: {names[1]} {b} is before {names[0]} {a}")
+    return a, b
+
+
 __all__ = ["TrackerSettings", "no_blank_values", "config_path", "tls_verify", "Scrubber", "tracker_http", "LookupCache", "Token",
-           "BearerAuth", "check_step", "create_once", "field_value", "project_of", "MOVIE_EXTENSIONS",
-           "SEQUENCE_KEYS", "EPISODE_KEYS", "ASSET_TYPE_KEYS"]
+           "BearerAuth", "check_step", "create_once", "adopt_once", "adopted_ref", "same_file", "FolderListing",
+           "ADOPT_TTL", "field_value", "project_of", "MOVIE_EXTENSIONS",
+           "SEQUENCE_KEYS", "EPISODE_KEYS", "ASSET_TYPE_KEYS", "open_regular", "regular_size",
+           "frame_range_cached", "frame_range_of"]

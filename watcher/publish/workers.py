@@ -16,13 +16,12 @@ from typing import TYPE_CHECKING, Callable
 from ..errors import PermanentError, PublishError
 from ..agent import alive
 from ..journal.base import Row, TransitionError
-from ..journal.ledger import Journal
-from ..model import Job
+from ..journal.ledger import Journal, Then
+from ..model import Job, Publish
 from .base import Backend
 from .retry import backoff_delay
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..journal.ledger import Cursor
     from ..metrics import Metrics
 
 log = logging.getLogger("watcher.publish")
@@ -32,7 +31,7 @@ class Publishers:
     def __init__(self, journal: Journal, backend: Backend, agent: str, *, workers: int = 4, max_attempts: int = 8,
                  retry_base: float = 2.0, retry_cap: float = 600.0, lease_seconds: float = 900.0,
                  clock: Callable[[], float] = time.time, agent_alive: Callable[[str], bool] = alive,
-                 metrics: "Metrics | None" = None, on_published: "Callable[[Cursor, Row], None] | None" = None,
+                 metrics: "Metrics | None" = None, on_published: "Then | None" = None,
                  after_published: Callable[[], None] = lambda: None) -> None:
         self.journal, self.backend, self.agent = journal, backend, agent
         self.max_attempts, self.retry_base, self.retry_cap = max_attempts, retry_base, retry_cap
@@ -72,7 +71,9 @@ class Publishers:
                 try:
                     self.journal.renew(row_id, self.agent, now + self.lease_seconds)
                 except TransitionError:
-                    pass  # it finished meanwhile
+                    if row_id in self.inflight():  # not finished: our lease ran out and another agent took it
+                        log.warning("lost the claim on publish %d: its lease (%.0f s) ran out while this agent was "
+                                    "frozen or cut off, and another agent took it over", row_id, self.lease_seconds)
                 except Exception:
                     log.warning("journal: cannot renew the lease of publish %d", row_id, exc_info=True)
             try:
@@ -159,15 +160,19 @@ class Publishers:
                     self._cv.notify_all()
 
     def _idle_wait(self) -> None:
+        """Nothing could be claimed: sleep until the next row is due (or the pipeline wakes us).
+        A row already due that we could not claim is being taken by another worker or agent
+        right now: look again shortly, not in a spin."""
         due = self.journal.next_due()
-        wait = 2.0 if due is None else min(2.0, max(0.01, due - self._clock()))
+        wait = 2.0 if due is None else min(2.0, max(0.2, due - self._clock()))
         with self._cv:
             if not self._halt:
                 self._cv.wait(wait)
 
     def _job(self, row: Row) -> Job:
         return Job(id=row.id, publish=row.publish, attempts=row.attempts, uncertain=row.uncertain,
-                   state=dict(row.state), save_state=lambda st, rid=row.id: self.journal.save_state(rid, st))
+                   state=dict(row.state), save_state=lambda st, rid=row.id: self.journal.save_state(rid, st),
+                   amend=row.tracker_id is not None, previous_id=row.tracker_id)
 
     def _publish(self, rows: list[Row], jobs: list[Job]) -> None:
         """Publish a claimed batch, then record every success in one journal transaction and
@@ -193,8 +198,9 @@ class Publishers:
         for row, ref in done:
             p = row.publish
             if row.id in lost:
-                log.warning("publish %s: row %d was parked meanwhile; the next attempt will find %s %s",
-                            p.path, row.id, self.backend.name, ref.id)
+                log.warning("publish %s: lost the claim on publish %d while it ran (lease expired or parked); not "
+                            "recorded here: the agent that took it over finds %s %s", p.path, row.id,
+                            self.backend.name, ref.id)
                 continue
             self.published += 1
             latency = max(0.0, time.time() - p.mtime) if p.mtime else 0.0
@@ -202,7 +208,7 @@ class Publishers:
                 self.metrics.published(self.backend.name, latency)
             ent = f"{p.entity.type} {p.entity.name}" if p.entity else "-"
             log.info("%s%s%s %s v%s %s %s %s (%.0f ms after last write, %.0f ms in tracker)",
-                     "" if ref.adopted else "published ", p.path, f" [{p.frames}]" if p.frames else "", ent,
+                     "" if ref.adopted else "published ", p.path, _frames_text(p), ent,
                      p.version if p.version is not None else "-", "adopted existing" if ref.adopted else "as",
                      self.backend.name, ref.id, latency * 1000, took * 1000,
                      extra={"publish": {"id": row.id, "path": p.path, "frames": p.frames, "entity": ent,
@@ -228,3 +234,10 @@ class Publishers:
                           row.publish.path, why, exc.message, row.id)
         except TransitionError:
             log.warning("publish %s: row %d was parked meanwhile", row.publish.path, row.id)
+
+
+def _frames_text(p: Publish) -> str:
+    """`` [1001-1024, missing 1013]``: holes are said where the publish is announced."""
+    if not p.frames:
+        return ""
+    return f" [{p.frames}" + (f", missing {p.missing_frames}]" if p.missing_frames else "]")

@@ -1,0 +1,117 @@
+"""Several agents on one PostgreSQL ledger, as real processes: one killed with SIGKILL and one
+frozen with SIGSTOP past its lease during a burst. Every file is published once, every sequence
+whole and once; the frozen agent, once continued, publishes nothing twice and says it lost its
+claims."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests.pg_server import pg_server, pg_url  # noqa: F401  (pytest fixtures)
+
+from .agent import DATA, wait_for, write_frames
+
+REPO = Path(__file__).resolve().parents[1]
+LEASE = 6.0
+
+
+def start_agent(tmp: Path, name: str, root: Path, url: str) -> subprocess.Popen:
+    work = tmp / name
+    work.mkdir()
+    cfg = work / "watcher.yml"
+    cfg.write_text(json.dumps({
+        "roots": [{"name": "shows", "path": str(root), "templates": str(DATA / "pipeline.yml")}],
+        "settle_seconds": 0.5, "sequence_settle_seconds": 2.0, "journal": url, "state_dir": str(work / "state"),
+        "workers": 2, "rescan_interval": 0, "lease_seconds": LEASE, "retry_base_seconds": 0.2,
+        "retry_cap_seconds": 1.0}))
+    log = open(work / "agent.log", "w")
+    p = subprocess.Popen([sys.executable, "-m", "watcher", "-c", str(cfg), "run"], cwd=REPO,
+                         stdout=subprocess.DEVNULL, stderr=log)
+    log.close()
+    return p
+
+
+def log_of(tmp: Path, name: str) -> str:
+    return (tmp / name / "agent.log").read_text(errors="replace")
+
+
+def query(url: str, sql: str) -> list[tuple]:
+    with psycopg.connect(url, autocommit=True) as c:
+        return c.execute(sql).fetchall()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_three_agents_one_killed_one_frozen_publish_everything_once(tmp_path, pg_url):
+    root = tmp_path / "root"
+    shots = [root / f"seq/sq01/sh{i:03d}/comp/work" for i in range(20)]
+    for d in shots:
+        d.mkdir(parents=True)
+    names = ["a", "b", "c"]
+    procs = {n: start_agent(tmp_path, n, root, pg_url) for n in names}
+    try:
+        wait_for(lambda: all("watcher started" in log_of(tmp_path, n) for n in names), 60)
+        wait_for(lambda: query(pg_url, "SELECT count(*) FROM agents WHERE stopped_at IS NULL")[0][0] == 3, 30)
+
+        def singles() -> None:
+            for i in range(100):
+                for d in shots:
+                    (d / f"{d.parent.parent.name}_n{i}_v001.nk").write_bytes(b"x" * 64)
+
+        def sequences() -> None:
+            for s in range(20):
+                write_frames(root / f"seq/sq02/sh{s:03d}/comp/render/beauty/v001", "beauty", range(1001, 1051),
+                             size=64)
+
+        writers = [threading.Thread(target=singles), threading.Thread(target=sequences)]
+        for w in writers:
+            w.start()
+        time.sleep(0.5)
+        procs["a"].kill()  # SIGKILL mid-burst
+        wait_for(lambda: query(pg_url, "SELECT count(*) FROM publishes WHERE status='publishing' "
+                                       f"AND agent LIKE '%:{procs['b'].pid}:%'")[0][0] > 0, 30, 0.02)
+        procs["b"].send_signal(signal.SIGSTOP)  # frozen while it holds claims
+        frozen_at = time.monotonic()
+        for w in writers:
+            w.join()
+        time.sleep(max(0.0, LEASE * 1.5 - (time.monotonic() - frozen_at)))
+        procs["b"].send_signal(signal.SIGCONT)
+        expected = 2000 + 20
+        wait_for(lambda: query(pg_url, "SELECT count(*) FROM publishes WHERE status='published'")[0][0] >= expected,
+                 120, 0.2)
+        time.sleep(LEASE)  # anything the continued agent might still do twice would land now
+        wait_for(lambda: "lost the claim" in log_of(tmp_path, "b"), 20)
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGCONT)
+                p.terminate()
+        for p in procs.values():
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    rows = query(pg_url, "SELECT status, payload->>'path', payload->>'frames', (payload->>'frame_count')::int "
+                         "FROM publishes")
+    assert len(rows) == 2020 and {r[0] for r in rows} == {"published"}
+    paths = [r[1] for r in rows]
+    assert len(set(paths)) == len(paths), "a file or sequence was journaled twice"
+    seqs = [r for r in rows if r[2] is not None]
+    assert len(seqs) == 20 and all(r[2] == "1001-1050" and r[3] == 50 for r in seqs)
+    done = query(pg_url, "SELECT publish_id, count(*) FROM events WHERE status='published' GROUP BY publish_id")
+    assert len(done) == 2020 and all(n == 1 for _, n in done), "a publish was recorded as made twice"
+    assert query(pg_url, "SELECT count(DISTINCT tracker_id), count(*) FROM publishes") == [(2020, 2020)]
+    assert query(pg_url, "SELECT count(*) FROM registry")[0][0] == 2020
+    # the killed and the frozen agent's claims went to others: more than one agent published
+    owners = query(pg_url, "SELECT DISTINCT message FROM events WHERE status='publishing'")
+    assert len(owners) >= 2
+    assert os.path.exists(tmp_path / "b" / "agent.log")
