@@ -161,15 +161,7 @@ def main() -> int:
     rep.note(f"writer took {P.mmm([r['writer'] for R in res.values() for r in R])} s for {wl.n:,} files (its speed "
              "varies several-fold on this shared VM: compare rates within a rep and against inotifywait on the same "
              "burst). Rate = files published / (last published_at - writer t0 - settle window).")
-    print(f"\n== results ({elapsed:.0f} s; median (min-max) over {reps} interleaved repetition(s))\n")
-    print(rep.table())
-    if rep.notes:
-        print()
-        for n in rep.notes:
-            print(f"- {n}")
-    fails = [r for r in rep.rows if r.verdict in ("FAIL", "ERROR")]
-    print(f"\nverdict: {'all targets met' if not fails else f'{len(fails)} target(s) missed or errored'}"
-          f"{' (quick sizes: indicative only)' if args.quick else ''}")
+    rep.print_results(f"{elapsed:.0f} s; median (min-max) over {reps} interleaved repetition(s)", args.quick)
     if args.markdown:
         head = (f"# watcher agents bench (issue #15)\n\n`python bench/agents.py{' --quick' if args.quick else ''}`: "
                 f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs ({pin}), load at start "

@@ -455,6 +455,19 @@ class Report:
         out += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in cells[1:]]
         return "\n".join(out)
 
+    def print_results(self, title: str, quick: bool) -> None:
+        """The table, the notes and the verdict line, as every bench prints them at the end."""
+        print(f"\n== results ({title})\n")
+        print(self.table())
+        if self.notes:
+            print()
+            for n in self.notes:
+                print(f"- {n}")
+        fails = [r for r in self.rows if r.verdict in ("FAIL", "ERROR")]
+        missed = f"{len(fails)} target(s) missed or errored: " + ", ".join(f"[{r.part}] {r.metric}" for r in fails)
+        print(f"\nverdict: {'all targets met' if not fails else missed}"
+              f"{' (quick sizes: indicative only)' if quick else ''}")
+
     def markdown(self, header: str) -> str:
         out = [header, "", "| # | metric | watcher | target | reference (same run) | verdict |",
                "|---|---|---|---|---|---|"]
@@ -1486,15 +1499,7 @@ def main() -> int:
             pg.stop()
         rmtree(tmp)
     elapsed = time.monotonic() - t0
-    print(f"\n== results ({elapsed:.0f} s; median (min-max) over interleaved repetitions)\n")
-    print(rep.table())
-    if rep.notes:
-        print()
-        for n in rep.notes:
-            print(f"- {n}")
-    fails = [r for r in rep.rows if r.verdict in ("FAIL", "ERROR")]
-    print(f"\nverdict: {'all targets met' if not fails else f'{len(fails)} target(s) missed or errored: ' + ', '.join(f'[{r.part}] {r.metric}' for r in fails)}"
-          f"{' (quick sizes: indicative only)' if args.quick else ''}")
+    rep.print_results(f"{elapsed:.0f} s; median (min-max) over interleaved repetitions", args.quick)
     if args.markdown:
         head = (f"# watcher pipeline bench (issue #3)\n\n`python bench/pipeline.py{' --quick' if args.quick else ''}"
                 f"{''.join(f' --only {k}' for k in (args.only or []))}{' --src ' + SRC if args.src else ''}`: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
