@@ -166,3 +166,30 @@ def test_ftrack_single_file_and_100_frame_sequence_dropped_in_a_root(tmp_path, f
     [nk] = [c for c in ft.records("FileComponent") if c.get("version_id") == nk_version["id"]]
     assert nk["name"] == "main" and nk["size"] == os.path.getsize(nk_path)
     assert locations[nk["id"]]["resource_identifier"] == nk_path
+
+
+def test_shotgrid_cut_holds_a_render_until_every_frame_of_the_shot_is_there(tmp_path, sg):
+    """`expect_frames: tracker`: the shot's sg_cut_in/sg_cut_out (read once, by the range
+    lookup thread) hold the sequence until its last frame lands, past every quiet window."""
+    from .test_completion import templates
+
+    fake, studio = sg
+    shot = fake.find("Shot", code="sh020")[0]
+    fake.update("Shot", shot["id"], {"sg_cut_in": 1001, "sg_cut_out": 1008})
+    s = settings(tmp_path, root=studio / "demo", templates=templates(tmp_path, {"expect_frames": "tracker"}),
+                 settle_seconds=0.2, sequence_settle_seconds=0.4,
+                 tracker={"backend": "shotgrid", "url": fake.url, "script_name": "watcher",
+                          "script_key": "s3cret-key-value", "project": "Demo Project", "retries": 0})
+    root = s.roots[0].path
+    render = root / "seq/sq01/sh020/comp/render/beauty/v002"
+    with running(s) as svc:
+        write_frames(render, "beauty", range(1001, 1005), size=64)
+        held = wait_for(lambda: svc.status()["held"], 15)
+        wait_for(lambda: "frames 1005-1008 of 1001-1008" in svc.status()["held"][0]["waiting_for"], 15)
+        time.sleep(1.0)
+        assert rows(s) == [] and fake.records("PublishedFile") == []
+        write_frames(render, "beauty", range(1005, 1009), size=64)
+        [row] = wait_for(lambda: [r for r in rows(s) if r.status == Status.PUBLISHED], 20)
+    assert held and (row.publish.frames, row.publish.frame_count) == ("1001-1008", 8)
+    assert len(fake.records("PublishedFile")) == 1
+    assert len(fake.requests_to("GET", f"/entity/shots/{shot['id']}")) == 1  # the cut was read once

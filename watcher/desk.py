@@ -30,6 +30,7 @@ from urllib.parse import parse_qs, urlencode
 
 from jinja2 import DictLoader, Environment, StrictUndefined
 
+from .agent import HEARTBEAT_SECONDS
 from .config import Settings, is_loopback, read_token
 from .errors import WatcherError
 from .journal.base import Row, Status
@@ -239,9 +240,9 @@ class DeskApp:
         db = self.journal.db
         today = db.read(lambda c: c.execute("SELECT COUNT(*) FROM publishes WHERE status=? AND published_at>=?",
                                             (Status.PUBLISHED.value, midnight)).fetchone()[0])
-        agents = [r[0] for r in db.read(lambda c: c.execute(
-            "SELECT DISTINCT agent FROM publishes WHERE status=? AND agent IS NOT NULL ORDER BY agent",
-            (Status.PUBLISHING.value,)).fetchall())]
+        live = now - 3 * HEARTBEAT_SECONDS
+        agents = [f"{a['agent']} ({', '.join(a['roots']) or 'no roots'}; publishing {a['publishing']})"
+                  for a in self.journal.agents() if a["stopped_at"] is None and a["heartbeat_at"] >= live]
         needle = q.lower()
         keep = (lambda r: needle in _haystack(r)) if needle else (lambda r: True)
         recent = self.journal.newest(limit=150, keep=keep, since=now - SEARCH_DAYS * 86400 if needle else None)
@@ -523,7 +524,7 @@ TEMPLATES = {
   </table>
   {% if status %}<p class="line meta">agent {{ status.agent }}</p>{% endif %}
   {% if agent_details %}<details class="meta"><summary>agent details</summary>{% for key, value in agent_details|dictsort %}<h3>{{ key|replace('_', ' ') }}</h3>{{ show(value) }}{% endfor %}</details>{% endif %}
-  {% if agents %}<p class="line meta">publishing now: {{ agents|join(', ') }}</p>{% endif %}
+  {% if agents %}<p class="line meta">agents on this journal: {{ agents|join(' · ') }}</p>{% endif %}
 </section>
 """,
 }

@@ -92,7 +92,9 @@ class StateCollector(Collector):
             ev.add_metric([kind], n)
         yield ev
         g = GaugeMetricFamily("watcher_candidates", "Candidates not yet journaled.", labels=["state"])
-        g.add_metric(["settling"], len(svc.settler))
+        held = len(svc.pipeline.held_view)
+        g.add_metric(["settling"], len(svc.settler) - held)
+        g.add_metric(["held"], held)  # settled, waiting for a completion signal (expected frames, a marker...)
         yield g
         yield GaugeMetricFamily("watcher_settling_files", "Files of candidates not yet journaled.",
                                 value=svc.settler.pending_files)
