@@ -5,7 +5,7 @@ writes (``code``, ``name``, ``version_number``, ``path`` as ``{relative_path, lo
 ``path_cache``, ``entity``, ``project``, ``task``, ``published_file_type``, ``description``,
 ``created_by``), so Loader, Breakdown and ``find_publish`` treat it as their own: they look
 publishes up by the exact ``path_cache`` string and ``path_cache_storage``, which the REST API
-never computes (see ``shared/research/shotgrid.md`` §1-§3). Optionally a ``Version`` for review
+never computes (Toolkit's ``register_publish`` computes them on the client). Optionally a ``Version`` for review
 is linked to it and a thumbnail is uploaded.
 
 Exactly once: nothing on a ShotGrid site is unique, so after an uncertain outcome the backend
