@@ -193,3 +193,28 @@ def test_shotgrid_cut_holds_a_render_until_every_frame_of_the_shot_is_there(tmp_
     assert held and (row.publish.frames, row.publish.frame_count) == ("1001-1008", 8)
     assert len(fake.records("PublishedFile")) == 1
     assert len(fake.requests_to("GET", f"/entity/shots/{shot['id']}")) == 1  # the cut was read once
+
+
+def test_shotgrid_new_version_never_takes_a_number_a_peer_published(tmp_path, sg):
+    """`republish: new_version`: frames added to v002 after its publish. Toolkit already has a
+    PublishedFile v3 of the same stream (its files are elsewhere, not on this disk), so the new
+    publish is v4: neither the journal, the tree nor the tracker used that number."""
+    fake, studio = sg
+    s = settings(tmp_path, root=studio / "demo", settle_seconds=0.2, sequence_settle_seconds=0.4,
+                 first_frame_wait=0.3, root_opts={"republish": "new_version"},
+                 tracker={"backend": "shotgrid", "url": fake.url, "script_name": "watcher",
+                          "script_key": "s3cret-key-value", "project": "Demo Project", "retries": 0})
+    root = s.roots[0].path
+    render = root / "seq/sq01/sh020/comp/render/beauty/v002"
+    with running(s):
+        write_frames(render, "beauty", range(1001, 1005), size=64)
+        wait_for(lambda: [r for r in rows(s) if r.status == Status.PUBLISHED], 20)
+        shot = fake.find("Shot", code="sh020")[0]
+        fake.add("PublishedFile", code="beauty.%04d.exr", name="beauty", version_number=3,
+                 project=fake.site["project"], entity={"type": "Shot", "id": shot["id"]},
+                 published_file_type=fake.site["type_render"], path_cache="elsewhere/beauty.%04d.exr")
+        time.sleep(0.5)
+        write_frames(render, "beauty", range(1005, 1007), size=64)
+        wait_for(lambda: len([r for r in rows(s) if r.status == Status.PUBLISHED]) == 2, 20)
+    assert sorted(r.publish.version for r in rows(s)) == [2, 4]
+    assert sorted(p["version_number"] for p in fake.records("PublishedFile")) == [2, 3, 4]

@@ -855,3 +855,21 @@ def test_amend_without_journaled_ids_finds_the_component_by_version_and_name(wor
     assert sorted(m["name"] for m in world.members_of(comp["id"])) == ["1001", "1002", "1003", "1004", "1005"]
     made = [op["entity_type"] for op in world.fake.actions("create") if op["entity_type"] in ("Asset", "AssetVersion")]
     assert made == ["Asset", "AssetVersion"]  # the first publish's, nothing more
+
+
+# ----------------------------------------------------------------------------- versions already on the server
+
+def test_versions_used_lists_the_assets_versions(world: World) -> None:
+    fake = world.fake
+    asset = fake._put("Asset", {"name": "sh010_comp", "context_id": world.sh010, "type_id": world.scene})
+    other = fake._put("Asset", {"name": "sh010_other", "context_id": world.sh010, "type_id": world.scene})
+    for v, a in ((1, asset), (3, asset), (7, other)):
+        fake._put("AssetVersion", {"asset_id": a, "version": v, "is_published": True})
+    assert world.backend().versions_used(world.single(version=5)) == {1, 3}
+
+
+def test_versions_used_of_an_empty_stream_creates_nothing(world: World) -> None:
+    b = world.backend()
+    assert b.versions_used(world.single(version=1)) == set()
+    assert b.versions_used(world.single(version=1, entity=Entity("Shot", "sh999"))) == set()  # no such Shot
+    assert creates(world.fake) == []

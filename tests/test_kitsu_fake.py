@@ -337,3 +337,24 @@ def test_open_regular_refuses_fifo_symlink_and_directory(tmp_path):
         for read in (open_regular, regular_size):
             with pytest.raises(PermanentError, match=words):
                 read(str(tmp_path / name) if name else str(tmp_path))
+
+
+# ---- versions already on the tracker (republish: new_version) ---------------------------------------
+def test_versions_used_lists_the_streams_revisions(fake, tmp_path):
+    nuke = fake._add("output_types", name="Nuke", short_name="nk")
+    for rev, name in ((1, "sh010_comp"), (3, "sh010_comp"), (7, "sh010_other")):
+        fake._add("output_files", entity_id=fake.shot["id"], output_type_id=nuke["id"],
+                  task_type_id=fake.comp["id"], name=name, representation="nk", revision=rev,
+                  extension=".nk", canceled=False)
+    fake._add("output_files", entity_id=fake.shot["id"], output_type_id=nuke["id"], task_type_id=fake.comp["id"],
+              name="sh010_comp", representation="exr", revision=9, extension=".exr", canceled=False)
+    assert make(fake, tmp_path).versions_used(nuke_script(tmp_path, version=5)) == {1, 3}
+
+
+def test_versions_used_of_an_empty_stream_creates_nothing(fake, tmp_path):
+    b = make(fake, tmp_path, create_missing_entities=True, create_output_types=True)
+    assert b.versions_used(nuke_script(tmp_path, version=1)) == set()  # no output type "Nuke" yet
+    fake._add("output_types", name="Nuke", short_name="nk")
+    assert b.versions_used(nuke_script(tmp_path / "b", version=1)) == set()  # no output file
+    assert b.versions_used(nuke_script(tmp_path / "c", version=1, shot="SH999")) == set()  # no such shot
+    assert [r for r in fake.requests if r[0] != "GET"] == []

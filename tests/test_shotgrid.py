@@ -805,3 +805,25 @@ def test_amend_updates_the_published_file_and_its_review_version(fake, make, stu
     assert (version["sg_first_frame"], version["sg_last_frame"], version["frame_count"],
             version["frame_range"]) == (1001, 1020, 20, "1001-1020")
     assert len(creates(fake, "published_files")) == 1 and len(creates(fake, "versions")) == 1
+
+
+# ---- versions already on the tracker (republish: new_version) ---------------------------------------
+def test_versions_used_lists_the_streams_version_numbers(fake, make, studio):
+    ids, b = fake.seed, make()
+    for v, name in ((1, "sh010_comp"), (3, "sh010_comp"), (7, "sh010_other")):
+        fake.add("PublishedFile", project=ids["project"], entity=ids["shot"], name=name,
+                 published_file_type=ids["type_nuke"], version_number=v, code=f"{name}_v{v:03d}.nk")
+    fake.add("PublishedFile", project=ids["project"], entity=ids["shot"], name="sh010_comp",
+             published_file_type=ids["type_render"], version_number=9, code="sh010_comp_v009.exr")
+    assert b.versions_used(nuke_script(studio, version=5)) == {1, 3}
+    searches = fake.requests_to("POST", "/entity/published_files/_search")
+    assert len(searches) == 1
+
+
+def test_versions_used_of_an_empty_stream_creates_nothing(fake, make, studio):
+    b = make(create_missing_entities=True, create_publish_types=True)
+    assert b.versions_used(nuke_script(studio, version=1)) == set()
+    assert b.versions_used(nuke_script(studio, version=1, shot="sh999")) == set()  # no such Shot
+    assert b.versions_used(nuke_script(studio, version=1, publish_type="Brand New Type")) == set()
+    made = [r for r in fake.log if r.method == "POST" and "/entity/" in r.path and not r.path.endswith("/_search")]
+    assert made == []

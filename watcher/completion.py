@@ -118,7 +118,7 @@ def marker_path(signals: Signals, publish: Publish) -> str | None:
 
 
 def decide(signals: Signals, publish: Publish, *, born: float, now: float,
-           tracker_range: Callable[[Publish], "RangeAnswer"]) -> Verdict:
+           tracker_range: Callable[[Publish], Answer]) -> Verdict:
     """Whether a settled candidate (as ``publish``) may be journaled now. ``born`` is the wall
     time of its oldest file: ``max_wait`` counts from it, so a restart does not reset it."""
     expired = now - born >= signals.max_wait
@@ -132,8 +132,8 @@ def decide(signals: Signals, publish: Publish, *, born: float, now: float,
                 waits.append("the tracker's frame range")
             elif ans.error:
                 waits.append(f"the tracker's frame range ({ans.error})")
-            elif ans.frames is not None:
-                spec = f"{ans.frames[0]}-{ans.frames[1]}"
+            elif ans.value is not None:
+                spec = f"{ans.value[0]}-{ans.value[1]}"
             else:
                 spec = ""  # the tracker has no range for this entity: holes alone decide
         elif "{" in spec:
@@ -175,31 +175,31 @@ def decide(signals: Signals, publish: Publish, *, born: float, now: float,
 
 
 @dataclass(frozen=True)
-class RangeAnswer:
-    frames: tuple[int, int] | None = None
+class Answer:
+    """What a ``TrackerLookup`` knows now: the value, or that it is being asked, or why not."""
+
+    value: Any = None
     pending: bool = False
     error: str | None = None
 
 
-class RangeLookup(threading.Thread):
-    """The tracker's frame range per entity, looked up once by a thread of its own (the pipeline
-    never waits on the network): ``get`` answers from the cache or says pending and asks."""
+class TrackerLookup(threading.Thread):
+    """A tracker question per key (an entity's frame range, the versions of a publish stream)
+    asked once by a thread of its own, so the pipeline never waits on the network: ``get``
+    answers from the cache, or says pending and asks."""
 
-    def __init__(self, fetch: Callable[[Publish], tuple[int, int] | None], *, ttl: float = 300.0,
-                 retry: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
-        super().__init__(name="frame-ranges", daemon=True)
-        self.fetch, self.ttl, self.retry, self._clock = fetch, ttl, retry, clock
-        self._cache: dict[tuple, tuple[float, RangeAnswer]] = {}
+    def __init__(self, fetch: Callable[[Publish], Any], key: Callable[[Publish], tuple], *, what: str,
+                 ttl: float = 300.0, retry: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(name=f"tracker-{what}", daemon=True)
+        self.fetch, self.key, self.what = fetch, key, what
+        self.ttl, self.retry, self._clock = ttl, retry, clock
+        self._cache: dict[tuple, tuple[float, Answer]] = {}
         self._asked: set[tuple] = set()
         self._queue: "queue.Queue[tuple[tuple, Publish] | None]" = queue.Queue()
         self._lock = threading.Lock()
 
-    @staticmethod
-    def _key(p: Publish) -> tuple:
-        return (p.project, p.entity.type if p.entity else None, p.entity.name if p.entity else None)
-
-    def get(self, publish: Publish) -> RangeAnswer:
-        key = self._key(publish)
+    def get(self, publish: Publish) -> Answer:
+        key = self.key(publish)
         with self._lock:
             hit = self._cache.get(key)
             if hit is not None and self._clock() < hit[0]:
@@ -207,7 +207,12 @@ class RangeLookup(threading.Thread):
             if key not in self._asked:
                 self._asked.add(key)
                 self._queue.put((key, publish))
-        return RangeAnswer(pending=True) if hit is None else hit[1]
+        return Answer(pending=True) if hit is None else hit[1]
+
+    def forget(self, publish: Publish) -> None:
+        """Ask again next time (what we just did changed the answer)."""
+        with self._lock:
+            self._cache.pop(self.key(publish), None)
 
     def run(self) -> None:
         while True:
@@ -216,13 +221,13 @@ class RangeLookup(threading.Thread):
                 return
             key, publish = item
             try:
-                ans = RangeAnswer(frames=self.fetch(publish))
+                ans = Answer(value=self.fetch(publish))
                 until = self._clock() + self.ttl
             except PublishError as exc:
-                ans, until = RangeAnswer(error=exc.message), self._clock() + self.retry
+                ans, until = Answer(error=exc.message), self._clock() + self.retry
             except Exception as exc:  # a backend bug: say it, ask again later
-                log.exception("frame range of %s: unexpected error", publish.path)
-                ans, until = RangeAnswer(error=f"{type(exc).__name__}: {exc}"), self._clock() + self.retry
+                log.exception("%s of %s: unexpected error", self.what, publish.path)
+                ans, until = Answer(error=f"{type(exc).__name__}: {exc}"), self._clock() + self.retry
             with self._lock:
                 self._cache[key] = (until, ans)
                 self._asked.discard(key)
@@ -231,3 +236,13 @@ class RangeLookup(threading.Thread):
         self._queue.put(None)
         if self.is_alive():
             self.join(5.0)
+
+
+def entity_key(p: Publish) -> tuple:
+    """One frame range per entity."""
+    return (p.project, p.entity.type if p.entity else None, p.entity.name if p.entity else None)
+
+
+def stream_key(p: Publish) -> tuple:
+    """The versions of one publish stream: same entity, name and type."""
+    return (*entity_key(p), p.name, p.publish_type)

@@ -16,7 +16,7 @@ import time
 from typing import Any, Callable, Iterator
 
 from .candidate import Candidate, build_publish, candidate_key
-from .completion import READY, Decision, RangeAnswer, RangeLookup, Verdict, decide, marker_path
+from .completion import READY, Answer, Decision, TrackerLookup, Verdict, decide, marker_path
 from .events import DirListed, Event, FsEvent, Kind, ScanDone
 from .ignore import COOKIE_PREFIX
 from .errors import JournalError
@@ -59,7 +59,7 @@ class Pipeline(threading.Thread):
     def __init__(self, roots: dict[str, RootRuntime], events: "queue.Queue[Event]", settler: Settler,
                  scanner: Scanner, journal: Journal, on_journaled: Callable[[], None], *,
                  max_settling: int = 500_000, unmatched: UnmatchedLog | None = None,
-                 ranges: RangeLookup | None = None) -> None:
+                 ranges: TrackerLookup | None = None, versions: TrackerLookup | None = None) -> None:
         super().__init__(name="pipeline", daemon=True)
         self.roots = roots
         self.events = events
@@ -70,6 +70,7 @@ class Pipeline(threading.Thread):
         self.committed = 0
         self.max_settling = max_settling
         self.ranges = ranges  # the tracker's frame ranges (expect_frames: tracker)
+        self.versions = versions  # the versions the tracker holds per publish stream (new_version)
         self._held: dict[str, dict[str, Any]] = {}  # candidate key -> what it waits for
         self._markers: set[str] = set()  # done markers held candidates wait for: never candidates
         self.held_view: tuple[dict[str, Any], ...] = ()  # a snapshot for the status file (other threads)
@@ -477,6 +478,18 @@ class Pipeline(threading.Thread):
         else:
             revisions = self.journal.keys_like(cand.key + "#r")
             version = self._next_version(row, cand, revisions)
+            pub = build_publish(cand, version=version, extra_files=extra)
+            if self.versions is not None:  # and none the tracker holds (a peer tool's later version)
+                ans = self.versions.get(pub)
+                if ans.pending:
+                    self.settler.hold(cand, 0.5)  # asked; decided when the tracker has answered
+                    return
+                if ans.error:
+                    log.warning("%s: the tracker's versions are unknown (%s); numbering from the journal and the "
+                                "disk alone", row.publish.path, ans.error)
+                elif ans.value and version in ans.value:
+                    version = max(version, max(ans.value) + 1)
+                self.versions.forget(pub)  # the next new version asks again
             key = f"{cand.key}#r{len(revisions) + 2}"
             log.warning("%s: %s after it was published; publishing it as version %d (republish: new_version)",
                         row.publish.path, what, version)
@@ -488,8 +501,8 @@ class Pipeline(threading.Thread):
         """The next version number nobody uses (``republish: new_version``): above this publish's
         own and its revisions', every journaled publish of the same template and fields but another
         version (the artist's real v002, published as 2), and every sibling version of the same
-        template on disk, published or not (a v002 folder beside v001). The tracker is not asked:
-        the pipeline has no backend; what a peer tool published is on disk, or adopted."""
+        template on disk, published or not (a v002 folder beside v001). The tracker's own versions
+        of the stream are asked by ``_republish`` through the versions lookup."""
         used = {row.publish.version or 0, *(x.publish.version or 0 for x in revisions)}
         r = self.roots[cand.scope.name]
         m = cand.match
@@ -573,8 +586,8 @@ def _versions_on_disk(r: RootRuntime, m: Any, vfield: str) -> set[int]:
     return set()
 
 
-def _no_tracker_range(publish: Publish) -> RangeAnswer:
-    return RangeAnswer(error="no tracker to ask (expect_frames: tracker needs a tracker backend)")
+def _no_tracker_range(publish: Publish) -> Answer:
+    return Answer(error="no tracker to ask (expect_frames: tracker needs a tracker backend)")
 
 
 def _records(cand: Candidate) -> list[FileRecord]:

@@ -25,7 +25,7 @@ from .errors import ConfigError
 from .journal import open_journal
 from .journal.ledger import Journal
 from .match import TemplateSet
-from .completion import RangeLookup
+from .completion import TrackerLookup, entity_key, stream_key
 from .pipeline import Pipeline
 from .publish import Backend, BackendContext, load_backend
 from .publish.workers import Publishers
@@ -106,10 +106,12 @@ class Service:
                                      metrics=self.metrics,
                                      on_published=webhooks.enqueuer(self.journal.db, self._hooks_for, self._any_hooks),
                                      after_published=self.deliverer.wake)
-        self.ranges = RangeLookup(self.backend.frame_range, ttl=float(getattr(self.backend.settings, "cache_ttl", 300)))
+        ttl = float(getattr(self.backend.settings, "cache_ttl", 300))
+        self.ranges = TrackerLookup(self.backend.frame_range, entity_key, what="frame-ranges", ttl=ttl)
+        self.versions = TrackerLookup(self.backend.versions_used, stream_key, what="versions", ttl=ttl)
         self.pipeline = Pipeline(self.roots, self.queue, self.settler, self.scanner, self.journal,
                                  on_journaled=self.publishers.wake, max_settling=settings.max_settling_files,
-                                 ranges=self.ranges)
+                                 ranges=self.ranges, versions=self.versions)
         self.supervisor = Supervisor(self.roots, self.queue, self.scanner, rescan_interval=settings.rescan_interval,
                                      status_file=settings.state_dir / "status.json", status=self.status)
         self.metrics.attach(self)
@@ -145,6 +147,7 @@ class Service:
         self.heartbeat.start()
         self.deliverer.start()
         self.ranges.start()
+        self.versions.start()
         self.pipeline.start()
         self.scanner.start()
         if self.watch:
@@ -158,7 +161,8 @@ class Service:
                  self.journal.url, self.backend.name, self.agent, self.settings.state_dir)
 
     def threads(self) -> list[Any]:
-        out: list[Any] = [self.supervisor, self.scanner, self.pipeline, self.ranges, self.deliverer, self.heartbeat,
+        out: list[Any] = [self.supervisor, self.scanner, self.pipeline, self.ranges, self.versions, self.deliverer,
+                          self.heartbeat,
                           *self.publishers.threads]
         if self.listener is not None and self.listener.thread is not None:
             out.append(self.listener.thread)
@@ -175,6 +179,7 @@ class Service:
         self.scanner.stop()
         self.pipeline.stop()
         self.ranges.stop()
+        self.versions.stop()
         self.deliverer.stop()
         threads = [self.supervisor, self.scanner, self.pipeline, self.deliverer]
         for t in threads:

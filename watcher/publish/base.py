@@ -78,6 +78,11 @@ class Backend(ABC):
         tracker``), or None when it has none. Raise ``PublishError`` when it cannot be read now."""
         return None
 
+    def versions_used(self, publish: Publish) -> set[int]:
+        """Version numbers the tracker already holds for this publish's stream (same entity,
+        name and type): ``republish: new_version`` never takes one of them. Read only."""
+        return set()
+
     def check(self) -> list[CheckResult]:
         """Verify credentials and what the configuration names (``watcher check``)."""
         return [CheckResult(True, f"backend {self.name}", "nothing to check")]

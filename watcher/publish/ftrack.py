@@ -762,6 +762,35 @@ class FtrackBackend(Backend):
             return frame_range_of(values.get(first_k), values.get(last_k), (first_k, last_k), label)
         return frame_range_cached(self.cache, ("ftrack entity", row["id"], first_k, last_k), load)
 
+    # ------------------------------------------------------------------ versions already on the server
+
+    def versions_used(self, publish: Publish) -> set[int]:
+        """The ``version`` of every AssetVersion of the Asset this publish goes to: same name and
+        asset type under the same context (the entity; a Task entity's parent; the project when
+        there is no entity), as ``_context``/``_find`` resolve it. One query; a missing entity or
+        asset type means no version is taken (nothing is created)."""
+        p = publish
+        project_name = str(project_of(p, self.settings.project))
+        project = self._project(project_name)
+        if p.entity is None:
+            ctx_id, label = project["id"], f"project {project_name!r}"
+        else:
+            ot = self._object_type(p.entity.type)
+            row = self._find_entity(project, ot, p.entity.name, p.fields, missing_ok=True)
+            if row is None:
+                return set()
+            label = f"{ot['name']} {p.entity.name!r}"
+            ctx_id = row["parent_id"] if ot["name"].lower() == "task" else row["id"]
+        atype = self._asset_types().get(self.asset_type_code(p))
+        if atype is None:
+            return set()
+        rows = self.query(
+            "select id, version from AssetVersion"
+            f" where asset.context_id is {_quote(ctx_id, 'id')} and asset.name is {_quote(p.name, 'asset name')}"
+            f" and asset.type_id is {_quote(atype['id'], 'id')}",
+            what=f"the lookup of the versions of asset {p.name!r} ({atype['short']}) on {label}")
+        return {int(r["version"]) for r in rows if isinstance(r.get("version"), int)}
+
     # ------------------------------------------------------------------ check
 
     def check(self) -> list[CheckResult]:

@@ -544,6 +544,33 @@ class KitsuBackend(Backend):
                                   label)
         return frame_range_cached(self.cache, ("kitsu entity", entity["id"]), load)
 
+    # ---- versions already on the tracker --------------------------------------------------------------
+    def versions_used(self, publish: Publish) -> set[int]:
+        """The ``revision`` of every output file of the entity with the same name, output type,
+        task type and representation (extension): the key ``_find_output`` matches on. The
+        entity's output files are read afresh (one request); a missing entity, task type or
+        output type means no revision is taken (nothing is created)."""
+        p = publish
+        if p.entity is None:
+            return set()
+        project = self.project(self.project_name(p))
+        entity = self._find_entity(project, p, fresh=False)
+        if entity is None:
+            return set()
+        task_type = self._named("task-types", "/data/task-types", self.task_type_name(p))
+        output_type = self._named("output-types", "/data/output-types", self.output_type_name(p))
+        if task_type is None or output_type is None:
+            return set()
+        want = {"output_type_id": output_type["id"], "task_type_id": task_type["id"], "name": p.name,
+                "representation": p.extension}
+        try:
+            rows = self._outputs(entity, fresh=True)
+        except HttpError as exc:
+            raise PermanentError(f"cannot list the output files of {self._describe_entity(p)}: "
+                                 f"{server_words(exc)}") from None
+        return {int(r["revision"]) for r in rows
+                if all(r.get(k) == v for k, v in want.items()) and isinstance(r.get("revision"), int)}
+
     def _validate(self, p: Publish) -> None:
         """Refuse what Zou would refuse with a 500 (retried forever) or a truncation error."""
         checks = [(p.name, MAX_NAME, "name"), (p.extension, MAX_REPRESENTATION, "representation"),

@@ -428,6 +428,36 @@ class ShotGridBackend(Backend):
             return frame_range_of(rec.get(first_f), rec.get(last_f), (first_f, last_f), f"ShotGrid {etype} '{code}'")
         return frame_range_cached(self.cache, (etype, entity["id"], first_f, last_f), load)
 
+    # ---- versions already on the tracker --------------------------------------------------------------
+    def versions_used(self, publish: Publish) -> set[int]:
+        """The ``version_number`` of every PublishedFile of the same stream: same project, entity
+        (the project itself when the publish has none), ``name`` and ``published_file_type``.
+        One search; a missing entity or publish type means no version is taken (nothing is
+        created)."""
+        p = publish
+        project = self._project(p)
+        parent: dict[str, Any] = project
+        if p.entity is not None:
+            etype, code = p.entity.type, p.entity.name
+            key = (etype, project["id"], code.lower())
+            entity = self.cache.get(key) or self._find_entity(etype, code, project, p.fields)
+            if entity is None:
+                return set()
+            parent = self.cache.put(key, entity)
+        pftype = None
+        if p.publish_type:
+            pftype = self.publish_type(p.publish_type, create=False)
+            if pftype is None:
+                return set()
+        try:
+            rows = self.client.search("PublishedFile", [
+                ["project", "is", link(project)], ["entity", "is", link(parent)], ["name", "is", p.name],
+                ["published_file_type", "is", link(pftype)]], ["version_number"], sort="id")
+        except HttpError as exc:
+            raise PermanentError(f"cannot list the PublishedFiles '{p.name}' of {self._where(p, project)}: "
+                                 f"{exc.message}") from None
+        return {int(r["version_number"]) for r in rows if isinstance(r.get("version_number"), int)}
+
     def _find_published_file(self, project: dict[str, Any], storage: dict[str, Any], rel: str,
                              version: int | None) -> dict[str, Any] | None:
         """The idempotency probe: same project, storage, path_cache and version number."""
