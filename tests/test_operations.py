@@ -346,16 +346,22 @@ def _hook_config(tmp_path: Path, url: str) -> Path:
     return cfg
 
 
-def test_webhooks_fail_twice_then_deliver_everything_signed(tmp_path, agents, receiver):
+def _agent_publishing_scripts(tmp_path, agents, receiver, n: int):
+    """A real agent with a webhook to ``receiver``, and ``n`` Nuke scripts it has published."""
     cfg = _hook_config(tmp_path, receiver.url)
     a = Agent(cfg)
     agents.append(a)
     a.wait_healthy()
     work = tmp_path / "root" / SHOT / "work"
     work.mkdir(parents=True)
-    for i in range(1, 4):
+    for i in range(1, n + 1):
         (work / f"sh010_s{i}_v001.nk").write_text("x")
-    wait_for(lambda: len(published(cfg)) == 3, 30, every=0.3)
+    wait_for(lambda: len(published(cfg)) == n, 30, every=0.3)
+    return cfg, a
+
+
+def test_webhooks_fail_twice_then_deliver_everything_signed(tmp_path, agents, receiver):
+    cfg, _a = _agent_publishing_scripts(tmp_path, agents, receiver, 3)
     wait_for(lambda: len(receiver.delivered()) == 3, 30, every=0.2)
     pubs = {p["id"]: p for p in published(cfg)}
     got = receiver.delivered()
@@ -375,15 +381,7 @@ def test_webhooks_fail_twice_then_deliver_everything_signed(tmp_path, agents, re
 
 def test_webhook_outage_across_a_restart_loses_nothing(tmp_path, agents, receiver):
     receiver.down = True
-    cfg = _hook_config(tmp_path, receiver.url)
-    a = Agent(cfg)
-    agents.append(a)
-    a.wait_healthy()
-    work = tmp_path / "root" / SHOT / "work"
-    work.mkdir(parents=True)
-    for i in range(1, 3):
-        (work / f"sh010_s{i}_v001.nk").write_text("x")
-    wait_for(lambda: len(published(cfg)) == 2, 30, every=0.3)
+    cfg, a = _agent_publishing_scripts(tmp_path, agents, receiver, 2)
     wait_for(lambda: len(receiver.requests) >= 2, 20, every=0.2)
     out = json.loads(cli("-c", str(cfg), "status", "--json").stdout)
     assert out["webhooks"]["pending"] == 2 and "503" in out["webhooks"]["last_error"]["error"]
