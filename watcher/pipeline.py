@@ -13,13 +13,14 @@ import queue
 import re
 import threading
 import time
+from dataclasses import replace
 from typing import Any, Callable, Iterator
 
 from .candidate import Candidate, build_publish, candidate_key
 from .completion import READY, Answer, Decision, TrackerLookup, Verdict, decide, marker_path
 from .events import DirListed, Event, FsEvent, Kind, ScanDone
-from .ignore import COOKIE_PREFIX
 from .errors import JournalError
+from .ignore import COOKIE_PREFIX
 from .journal.base import FileRecord, Row, Status, TransitionError
 from .journal.ledger import Journal
 from .model import Publish
@@ -493,7 +494,7 @@ class Pipeline(threading.Thread):
             key = f"{cand.key}#r{len(revisions) + 2}"
             log.warning("%s: %s after it was published; publishing it as version %d (republish: new_version)",
                         row.publish.path, what, version)
-            self.journal.add(build_publish(cand, key=key, version=version, extra_files=extra), files)
+            self.journal.add(replace(pub, key=key, version=version), files)
             self.on_journaled()
 
 
