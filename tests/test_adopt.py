@@ -249,6 +249,7 @@ def test_kitsu_fake_adopts_an_output_file_of_the_same_path(zou_fake: FakeZou, tm
 # ---- Kitsu (real Zou) ----------------------------------------------------------------------------
 @pytest.mark.kitsu
 @pytest.mark.timeout(600)
+@pytest.mark.linux_only  # the real Zou
 def test_kitsu_real_zou_adopts_a_gazu_output_file(zou, tmp_path):
     from tests.zou_server import PROJECT
 

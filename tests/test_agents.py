@@ -20,6 +20,8 @@ from tests.pg_server import pg_server, pg_url  # noqa: F401  (pytest fixtures)
 
 from .agent import DATA, wait_for, write_frames
 
+pytestmark = pytest.mark.linux_only  # needs PostgreSQL (a real server)
+
 REPO = Path(__file__).resolve().parents[1]
 LEASE = 6.0
 

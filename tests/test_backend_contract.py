@@ -297,7 +297,7 @@ BUILDERS = {"shotgrid": shotgrid_tracker, "ftrack": ftrack_tracker, "kitsu": kit
 @pytest.fixture(params=[
     "local",
     "shotgrid", "ftrack", "kitsu",
-    pytest.param("zou", marks=[pytest.mark.kitsu, pytest.mark.timeout(600)]),  # the first may install Zou
+    pytest.param("zou", marks=[pytest.mark.kitsu, pytest.mark.linux_only, pytest.mark.timeout(600)]),  # the first may install Zou
 ])
 def tracker(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
     if request.param == "local":

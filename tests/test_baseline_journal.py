@@ -19,6 +19,8 @@ from watcher.journal.postgres import POSTGRES, PostgresDatabase
 from watcher.journal.sqlite import SQLITE, SqliteJournal
 from watcher.model import Publish
 
+pytestmark = pytest.mark.linux_only  # needs PostgreSQL (a real server)
+
 
 def pub(key: str, **kw) -> Publish:
     base = dict(key=key, root="shows", root_path="/shows", template="nuke", path=f"/shows/{key}.nk", name=key,

@@ -38,6 +38,8 @@ from .agent import rows, running, settings, wait_for, write_frames
 from .fake_shotgrid import FakeShotGrid, standard_site
 from .test_cli import REPO, cli, make_config
 
+pytestmark = pytest.mark.linux_only  # needs Chromium and chromedriver (Selenium), and inotify
+
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage")

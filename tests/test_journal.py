@@ -21,6 +21,8 @@ from watcher.journal.sqlite import SqliteJournal
 from watcher.publish.local import Registry
 from watcher.model import Entity, Publish, TrackerRef
 
+pytestmark = pytest.mark.linux_only  # needs PostgreSQL (a real server)
+
 
 def pub(key: str = "shows:render:{}", **kw) -> Publish:
     base = dict(key=key, root="shows", root_path="/shows", template="render", path="/shows/a/beauty.%04d.exr",

@@ -22,7 +22,7 @@ from watcher.publish.base import BackendContext
 from watcher.publish.kitsu import KitsuBackend, KitsuSettings
 from watcher.publish.workers import Publishers
 
-pytestmark = [pytest.mark.kitsu, pytest.mark.timeout(600)]  # the first test may install Zou (~90 s)
+pytestmark = [pytest.mark.kitsu, pytest.mark.linux_only, pytest.mark.timeout(600)]  # the first test may install Zou (~90 s)
 
 
 def settings(zou: ZouServer, **over) -> KitsuSettings:

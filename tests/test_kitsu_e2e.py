@@ -11,7 +11,7 @@ from tests.zou_server import PROJECT, ZouServer, zou, zou_server  # noqa: F401
 from watcher.journal.base import Status
 from watcher.journal.sqlite import SqliteJournal
 
-pytestmark = [pytest.mark.kitsu, pytest.mark.timeout(600)]  # the first test may install Zou (~90 s)
+pytestmark = [pytest.mark.kitsu, pytest.mark.linux_only, pytest.mark.timeout(600)]  # the first test may install Zou (~90 s)
 
 SHOT = "seq/sq01/sh010/comp"
 

@@ -23,6 +23,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from watcher.health import verdict
+from watcher.agent import new_agent_id
 
 from .agent import DATA, wait_for, write_frames
 from .test_cli import REPO, cli, make_config
@@ -103,7 +104,7 @@ def test_status_exits_1_once_the_agent_is_killed_or_stopped(tmp_path, agents, si
 
 def test_verdict_names_each_failed_check():
     now = time.time()
-    status = {"agent": f"{socket.gethostname()}:{os.getpid()}:1", "time": now,
+    status = {"agent": new_agent_id(), "time": now,  # this live process
               "roots": {"a": {"up": True}, "b": {"up": False}}}
     v = verdict(status, {"failed": 2}, now - 7200, {"failed": 1}, 3600, now=now)
     assert v["ok"] is False and v["failed"] == ["roots", "publishes", "backlog", "webhooks"]

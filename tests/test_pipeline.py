@@ -307,6 +307,7 @@ def test_periodic_rescan_finds_a_file_rewritten_in_place_on_a_polling_root(tmp_p
     assert [r.publish.version for r in rs] == [1, 2]
 
 
+@pytest.mark.linux_only  # a real inotify queue overflow
 def test_kernel_queue_overflow_triggers_a_rescan_loses_nothing_and_does_not_loop(tmp_path):
     """A real IN_Q_OVERFLOW: the kernel queue is made tiny for the agent's inotify instance (the
     sysctl applies to instances created while it is set), then a burst overflows it. watchdog's

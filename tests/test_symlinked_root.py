@@ -16,6 +16,8 @@ from .agent import DATA, rows, running, wait_for, write_frames
 from .fake_shotgrid import FakeShotGrid, standard_site
 from .test_cli import cli
 
+pytestmark = pytest.mark.linux_only  # needs inotify on a symlinked root
+
 
 @pytest.fixture
 def mount(tmp_path):

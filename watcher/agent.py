@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
+from .host import process_alive
+
 if TYPE_CHECKING:  # pragma: no cover
     from .journal.ledger import Journal
 
@@ -44,18 +46,13 @@ def new_agent_id() -> str:
 
 
 def alive(agent: str) -> bool:
-    """Whether an agent may still be running. Only this host's processes can be checked; another
-    host's agent is trusted until its lease expires."""
+    """Whether an agent may still be running. Only this host's processes can be checked (by pid
+    and start time, so a recycled pid is not taken for the agent, on every OS); another host's
+    agent is trusted until its lease expires."""
     a = AgentId.parse(agent)
     if a is None or a.host != socket.gethostname():
         return a is not None
-    try:
-        os.kill(a.pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return process_alive(a.pid, a.started)
 
 
 class Heartbeat(threading.Thread):

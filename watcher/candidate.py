@@ -5,14 +5,22 @@ candidate of one. The settle stage groups files under their key; a settled candi
 from __future__ import annotations
 
 import json
+from json.encoder import encode_basestring as _encode_str  # type: ignore[attr-defined]
+import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any
-
-from fileseq import FrameSet
+from typing import Any, Callable, Iterable
 
 from .completion import Signals
-from .model import Entity, Publish
+from .match.keys import printf_token
+from .model import Entity, Publish, format_ranges, frame_file
+
+log = logging.getLogger("watcher")
+
+# A frame further than this from every other frame of its sequence is a stray (a typo'd frame
+# number, a test render): reported and left out, so that it neither turns the sequence's range
+# into millions of holes nor holds the rest back. No shot has a hole this long.
+MAX_FRAME_GAP = 10_000
 
 
 @dataclass(frozen=True)
@@ -82,6 +90,7 @@ class Candidate:
     last_arrival: float = 0.0  # monotonic: when the newest member joined (sequence quiet window)
     max_gap: float = 0.0  # longest time between two frames arriving: the sequence's pace
     deadline: float = 0.0
+    left_out: set[str] = field(default_factory=set)  # files kept out of its publish, already reported
 
     @property
     def born(self) -> float:
@@ -94,23 +103,78 @@ class Candidate:
 
 
 def candidate_key(root: str, match: Any) -> str:
-    """The idempotency key: root, template, typed fields without the frame (version included),
-    and, for sequences, the padding (``%04d`` and ``%d`` are different sequences)."""
+    """The idempotency key: root, template, typed fields without the frame (version included;
+    text in NFC, whatever the spelling on disk), and, for sequences, the padding (``%04d`` and
+    ``%d`` are different sequences)."""
     fields = {k: v for k, v in match.fields.items() if k != match.frame_key}
-    key = f"{root}:{match.template}:{json.dumps(fields, sort_keys=True, default=str, ensure_ascii=False)}"
+    key = f"{root}:{match.template}:{fields_json(fields)}"
     if match.frame_key is not None and match.frame is not None:
-        key += f":%0{match.padding}d" if match.padding else ":%d"
+        key += ":" + printf_token(seq_padding(match))
     return key
 
 
-def frame_ranges(frames: list[int]) -> tuple[str, str | None]:
-    """(range, holes): ``[1001, 1002, 1004]`` -> ``("1001-1004", "1003")``."""
-    lo, hi = min(frames), max(frames)
-    full = str(lo) if lo == hi else str(FrameSet.from_range(lo, hi).frange)
-    if len(frames) == hi - lo + 1:
+def fields_json(fields: dict[str, Any]) -> str:
+    """``json.dumps(fields, sort_keys=True, default=str, ensure_ascii=False)``, character for
+    character (keys are stored in journals: they must never change), built directly for the
+    str and int values templates produce: a burst of single files makes one key per file."""
+    parts = []
+    for k in sorted(fields):
+        v = fields[k]
+        t = type(v)
+        if t is str:
+            text = _encode_str(v)
+        elif t is int:
+            text = int.__repr__(v)
+        else:  # anything else (dates, floats, None, bools) the way json writes it
+            return json.dumps(fields, sort_keys=True, default=str, ensure_ascii=False)
+        parts.append(f"{_encode_str(k)}: {text}")
+    return "{" + ", ".join(parts) + "}"
+
+
+def seq_padding(match: Any) -> int:
+    """The padding of a match's sequence (``Match.seq_padding``; a record with only the fields
+    grouping reads has ``padding`` alone)."""
+    return getattr(match, "seq_padding", match.padding)
+
+
+def publish_path(root_path: str, match: Any) -> str:
+    """The path a match publishes under, as spelled on disk: the file, or for a frame of a
+    sequence the sequence's printf pattern (at the sequence's padding, whichever frame it is)."""
+    if match.frame_key is None or match.frame is None:
+        return os.path.join(root_path, match.relpath)
+    pattern = match.pattern if seq_padding(match) == match.padding else match.sequence_pattern()
+    return os.path.join(root_path, pattern)
+
+
+def split_strays(frames: Iterable[int]) -> tuple[list[int], list[int]]:
+    """(kept, strays), both sorted and distinct: the frames cut apart by gaps wider than
+    ``MAX_FRAME_GAP`` form runs; the run with the most frames (the first of equals) is kept.
+    O(n log n) in the frames, whatever their span."""
+    nums = sorted(set(frames))
+    if not nums:
+        return [], []
+    runs: list[tuple[int, int]] = []  # (start, end) indexes into nums
+    start = 0
+    for i in range(1, len(nums)):
+        if nums[i] - nums[i - 1] > MAX_FRAME_GAP:
+            runs.append((start, i))
+            start = i
+    runs.append((start, len(nums)))
+    if len(runs) == 1:
+        return nums, []
+    a, b = max(runs, key=lambda r: (r[1] - r[0], -r[0]))
+    return nums[a:b], nums[:a] + nums[b:]
+
+
+def frame_ranges(frames: Iterable[int]) -> tuple[str, str | None]:
+    """(range, holes): ``[1001, 1002, 1004]`` -> ``("1001-1004", "1003")``, in fileseq's
+    notation. Built from the sorted frames in the time of the frames, not of their span."""
+    nums = sorted(set(frames))
+    lo, hi = nums[0], nums[-1]
+    full = str(lo) if lo == hi else f"{lo}-{hi}"
+    if len(nums) == hi - lo + 1:
         return full, None
-    holes = FrameSet.from_iterable(sorted(set(range(lo, hi + 1)) - set(frames)))
-    return full, str(holes.frange)
+    return full, format_ranges((a + 1, b - 1) for a, b in zip(nums, nums[1:]) if b - a > 1)
 
 
 def build_publish(cand: Candidate, *, key: str | None = None, version: int | None = None,
@@ -125,27 +189,88 @@ def build_publish(cand: Candidate, *, key: str | None = None, version: int | Non
     for p, (size, mtime_ns) in (extra_files or {}).items():
         if p not in members:
             members[p] = (_frame_of(m, cand.scope.path, p), size, mtime_ns)
-    size = sum(v[1] for v in members.values())
-    mtime = max(v[2] for v in members.values()) / 1e9
-    path = os.path.join(cand.scope.path, m.pattern)
     frames = missing = None
     count = 1
+    negative_digits = False
     if cand.is_sequence:
+        path = publish_path(cand.scope.path, m)
+        _drop_strays(cand, members)
+        negative_digits = _negative_digits(m, members)
+        pad = seq_padding(m)
+        _drop_misfits(cand, members, lambda p, frame: frame is not None and p == frame_file(
+            path, frame, pad, negative_digits))
         nums = [v[0] for v in members.values() if v[0] is not None]
         frames, missing = frame_ranges(nums)
         count = len(nums)
     else:
-        path = next(iter(members))
+        rel = getattr(m, "relpath", None)
+        path = os.path.join(cand.scope.path, rel) if rel else next(iter(members))
+        if path not in members:  # its first file went away: another of the same key stands for it
+            path = next(iter(members))
+        _drop_misfits(cand, members, lambda p, _frame: p == path)
+    size = sum(v[1] for v in members.values())
+    mtime = max(v[2] for v in members.values()) / 1e9
     return Publish(
         key=key or cand.key, root=cand.scope.name, root_path=cand.scope.path, template=m.template, path=path,
         name=spec.name, publish_type=spec.publish_type,
         version=version if version is not None else spec.version,
         entity=cand.scope.entity_for(spec), task=spec.task, project=cand.scope.project_for(spec),
         frames=frames, missing_frames=missing, frame_count=count,
-        padding=m.padding if cand.is_sequence else 0, size=size, mtime=mtime,
+        padding=seq_padding(m) if cand.is_sequence else 0, size=size, mtime=mtime,
         fields=fields, review=spec.review,
         arrived=_arrived(members) if cand.scope.existing == "baseline" else None,
+        negative_digits=negative_digits,
     )
+
+
+def _drop_strays(cand: Candidate, members: dict[str, tuple[int | None, int, int]]) -> None:
+    """Leave a sequence's stray frames out of its publish (see ``MAX_FRAME_GAP``), each
+    reported once. They stay among the candidate's files: journaled as seen with it, so a rescan
+    does not bring them back as a sequence of their own."""
+    kept, strays = split_strays(v[0] for v in members.values() if v[0] is not None)
+    if not strays:
+        return
+    gone = set(strays)
+    span = f"{kept[0]}-{kept[-1]}" if len(kept) > 1 else str(kept[0])
+    for p in [p for p, v in members.items() if v[0] in gone]:
+        frame = members.pop(p)[0]
+        if p not in cand.left_out:
+            cand.left_out.add(p)
+            log.warning("%s: frame %d is more than %d frames away from the rest of its sequence (%s); it is left "
+                        "out of that publish: rename or move it if it belongs elsewhere",
+                        p, frame, MAX_FRAME_GAP, span)
+
+
+def _drop_misfits(cand: Candidate, members: dict[str, tuple[int | None, int, int]],
+                  fits: Callable[[str, int | None], bool]) -> None:
+    """Leave out, reported once, the members the publish would not name: a file whose frame
+    is another file's under another spelling (``-001`` beside ``-0001``, ``-0`` beside ``0``),
+    or, of a single file, a second file of the same key (an int written ``1`` and ``01``). A
+    publish names each of its files exactly once and sums only their sizes. When none fits
+    (the files the match came from went away), all stay, as they are."""
+    misfits = [p for p, (frame, _size, _mtime) in members.items() if not fits(p, frame)]
+    if not misfits or len(misfits) == len(members):
+        return
+    for p in misfits:
+        frame = members.pop(p)[0]
+        if p not in cand.left_out:
+            cand.left_out.add(p)
+            log.warning("%s: %s is written otherwise in this publish (another file of the same name once typed "
+                        "values are compared); it is left out of it: rename or remove one of them", p,
+                        f"frame {frame}" if frame is not None else "the same file")
+
+
+def _negative_digits(match: Any, members: dict[str, tuple[int | None, int, int]]) -> bool:
+    """Whether the sequence's negative frames are written with the padding's digits after the
+    sign (``-0003``), not as printf writes them (``-003``)."""
+    pad = seq_padding(match)
+    if not pad or getattr(match, "frame_span", None) is None:
+        return False
+    suffix = match.relpath[match.frame_span[1]:]
+    for p, (frame, _size, _mtime) in members.items():
+        if frame is not None and frame < 0 and len(str(-frame)) < pad:
+            return p.endswith(f"-{-frame:0{pad}d}{suffix}")
+    return False
 
 
 def _arrived(members: dict[str, tuple[int | None, int, int]]) -> float:

@@ -14,9 +14,13 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from . import logs
+from .logs import hide_url_password
 from .config import STARTER, Settings, load_settings, shipped_template
 from .errors import ConfigError, WatcherError
+from .names import one_line
 
 log = logging.getLogger("watcher")
 
@@ -45,6 +49,22 @@ def _positive(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if n < 1:
         raise argparse.ArgumentTypeError(f"{n} is not 1 or more (leave --limit out to list everything)")
+    return n
+
+
+#: the largest id a journal can hold (SQLite and PostgreSQL integers are 64-bit)
+MAX_ID = 2**63 - 1
+
+
+def _publish_id(text: str) -> int:
+    """A publish id as `watcher publishes` lists it: a whole number from 1 to ``MAX_ID``."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a publish id (a whole number, as `watcher publishes` "
+                                         "lists them)") from None
+    if not 1 <= n <= MAX_ID:
+        raise argparse.ArgumentTypeError(f"{text} is not a publish id (ids run from 1 to {MAX_ID})")
     return n
 
 
@@ -120,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--since", type=_since, help="journaled since: 30m, 2h, 3d, 1w, or a date (2026-01-31T14:00)")
 
     s = add("retry", help="re-queue failed publishes (or failed webhook deliveries)")
-    s.add_argument("ids", nargs="*", type=int)
+    s.add_argument("ids", nargs="*", type=_publish_id, metavar="ID")
     s.add_argument("--failed", action="store_true", help="every failed publish")
     s.add_argument("--webhooks", action="store_true", help="every failed webhook delivery")
 
@@ -178,9 +198,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAIL
 
 
-def _settings(args: argparse.Namespace, *, check_paths: bool = True) -> Settings:
+def _settings(args: argparse.Namespace, *, check_paths: bool = True, agent: bool = False) -> Settings:
+    """The settings, and logging set up. ``log_file`` is the agent's (``run``): the other
+    commands are run by someone reading their output, so they keep logging to stderr."""
     s = load_settings(getattr(args, "config", None), check_paths=check_paths)
-    logs.setup(getattr(args, "log_level", None) or s.log_level, getattr(args, "log_format", None) or s.log_format)
+    logs.setup(getattr(args, "log_level", None) or s.log_level, getattr(args, "log_format", None) or s.log_format,
+               log_file=s.log_file if agent else None, config_file=str(s.config_file) if s.config_file else None)
     return s
 
 
@@ -261,41 +284,48 @@ def _install_signals(stop: threading.Event, reload: threading.Event | None = Non
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .config import http_problem
-    from .service import Service
+    from .service import Service, check_state_dir, instance_lock
     from .systemd import Notifier
 
     stop, reload = threading.Event(), threading.Event()
     _install_signals(stop, reload)  # first: a SIGTERM during start-up still means a clean stop
-    settings = _settings(args)
+    settings = _settings(args, agent=True)
     if getattr(args, "http", None):
         problem = http_problem(args.http, settings.http_token_file)
         if problem:
             raise ConfigError(f"--http: {problem}")
         settings.http = args.http
-    notify = Notifier()
-    svc = Service(settings)
-    svc.start()
-    notify.ready(f"watching {len(svc.roots)} root(s)")
-    dog = notify.watchdog_interval
-    last_dog, complained = 0.0, False
+    assert settings.state_dir is not None
+    check_state_dir(settings.state_dir)  # the lock lives there: say so plainly when it is not writable
+    lock = instance_lock(settings)  # one agent per configuration; held until the agent has stopped
     try:
-        while not stop.wait(min(1.0, dog or 1.0)):
-            if reload.is_set():
-                reload.clear()
-                notify.send("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
-                svc.reload(settings.config_file)
-                notify.ready(f"watching {len(svc.roots)} root(s); {svc.reloads} reload(s)")
-            if dog and time.monotonic() - last_dog >= dog:
-                if svc.working():
-                    notify.watchdog()
-                    last_dog, complained = time.monotonic(), False
-                elif not complained:
-                    complained = True
-                    log.error("a thread of the agent died or the supervisor stopped checking; not answering the "
-                              "systemd watchdog, so systemd restarts the agent")
+        notify = Notifier()
+        svc = Service(settings)
+        svc.start()
+        notify.ready(f"watching {len(svc.roots)} root(s)")
+        dog = notify.watchdog_interval
+        last_dog, complained = 0.0, False
+        try:
+            while not stop.wait(min(1.0, dog or 1.0)):
+                if reload.is_set():
+                    reload.clear()
+                    notify.send("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+                    svc.reload(settings.config_file)
+                    notify.ready(f"watching {len(svc.roots)} root(s); {svc.reloads} reload(s)")
+                if dog and time.monotonic() - last_dog >= dog:
+                    if svc.working():
+                        notify.watchdog()
+                        last_dog, complained = time.monotonic(), False
+                    elif not complained:
+                        complained = True
+                        log.error("a thread of the agent died or the supervisor stopped checking; not answering "
+                                  "the systemd watchdog, so systemd restarts the agent")
+        finally:
+            notify.stopping()
+            svc.stop(grace=8.0)
     finally:
-        notify.stopping()
-        svc.stop(grace=8.0)
+        if lock is not None:
+            lock.release()
     return EXIT_OK
 
 
@@ -316,12 +346,53 @@ def cmd_scan(args: argparse.Namespace) -> int:
             if stop.is_set() or (args.timeout and time.monotonic() - t0 > args.timeout):
                 ok = False
                 break
+            if _journal_gone_for(svc) > SCAN_JOURNAL_PATIENCE:
+                break  # said below: a one-shot scan does not wait for the journal forever
     finally:
         svc.stop(grace=8.0)
-    counts = _journal(settings).counts()
+    problems = _scan_problems(svc)
+    try:
+        j = _journal(settings)
+        try:
+            counts = ", ".join(f"{k} {v}" for k, v in j.counts().items())
+        finally:
+            j.close()
+    except WatcherError as exc:
+        counts = f"cannot be read ({exc})"
     print(f"scan done: {svc.committed} new candidate(s) journaled, {svc.publishers.published} published, "
-          f"{svc.publishers.failed} failed; journal: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
-    return EXIT_OK if ok and not svc.publishers.failed else EXIT_FAIL
+          f"{svc.publishers.failed} failed; journal: {counts}")
+    for line in problems:
+        print(f"watcher: scan: {line}", file=sys.stderr)
+    return EXIT_OK if ok and not problems and not svc.publishers.failed else EXIT_FAIL
+
+
+SCAN_JOURNAL_PATIENCE = 60.0  # seconds a scan waits for a journal that takes no writes
+
+
+def _journal_gone_for(svc: Any) -> float:
+    since = svc.journal.health.snapshot().get("since")
+    return 0.0 if since is None else time.time() - since
+
+
+def _scan_problems(svc: Any) -> list[str]:
+    """Why a scan did not do its whole job, one line each: a root whose walk did not finish (or
+    whose top folder could not be read), candidates the journal could not take, candidates
+    parked. Unreadable subfolders are reported by the walk and do not fail the scan."""
+    out = []
+    for name in svc.roots:
+        stats = svc.scanner.stats.get(name)
+        if not svc.scanner.scans.get(name):
+            out.append(f"root {name}: the walk did not finish (see the log above); files there were not looked at")
+        elif stats is not None and stats.dirs == 0 and stats.errors:
+            out.append(f"root {name}: its folder {svc.roots[name].path} could not be read; give this user read access")
+    unresolved = svc.journal.health.unresolved  # the journal's fault, if no write has succeeded since
+    if unresolved and len(svc.settler):
+        out.append(f"{len(svc.settler)} candidate(s) could not be journaled: journal unavailable: {unresolved}; "
+                   "nothing is lost: run the scan again once the journal takes writes")
+    if svc.pipeline.parked_total:
+        out.append(f"{svc.pipeline.parked_total} candidate(s) parked after repeated errors (see the log above and "
+                   "`watcher unmatched`)")
+    return out
 
 
 class _NoJournal:
@@ -415,6 +486,16 @@ def _local_time(iso: str | None) -> str:
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).astimezone().strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _shown_row(row: Any) -> dict[str, Any]:
+    """A journal row as `publishes` shows it: a tracker link or error journaled with a URL's
+    password in it (by an older version) is shown with the password masked."""
+    d = row.to_json()
+    for key in ("tracker_url", "error"):
+        if isinstance(d.get(key), str):
+            d[key] = hide_url_password(d[key])
+    return d
+
+
 def cmd_publishes(args: argparse.Namespace) -> int:
     from .journal.base import Status
 
@@ -429,13 +510,13 @@ def cmd_publishes(args: argparse.Namespace) -> int:
         finally:
             j.close()
     if args.json:
-        print(json.dumps([r.to_json() for r in rows], indent=2, ensure_ascii=False, default=str))
+        print(json.dumps([_shown_row(r) for r in rows], indent=2, ensure_ascii=False, default=str))
         return EXIT_OK
     if not rows:
         print("no publishes" + (" matching the filters" if any((args.status, args.root, args.entity, args.path,
                                                                   args.since)) else ""))
     for r in rows:
-        d = r.to_json()
+        d = _shown_row(r)
         ent = f"{d['entity']['type']} {d['entity']['name']}" if d["entity"] else "-"
         frames = f" [{d['frames']}{', missing ' + d['missing_frames'] if d['missing_frames'] else ''}]" \
             if d["frames"] else ""
@@ -454,7 +535,8 @@ def _agent_note(settings: Settings) -> str:
     """Whether an agent will pick re-queued work up, and what to run when none will."""
     from . import health
 
-    running, why = health.agent_running(health.read_status(settings.state_dir))  # type: ignore[arg-type]
+    assert settings.state_dir is not None
+    running, why = health.agent_running(_agent_status(settings.state_dir))
     cmd = _config_hint(settings)
     if running:
         return f"the running agent picks them up within seconds ({why})"
@@ -551,7 +633,12 @@ def cmd_check(args: argparse.Namespace) -> int:
     ok, warnings = True, 0
     roots = load_roots(settings, log_warnings=False)  # printed here, once
     for r in roots:
-        print(f"ok   root {r.name}: {r.path} ({len(r.templates.names)} templates, {r.cfg.observer} observer)")
+        if not r.templates.names:  # an empty or all-skipped file: the root would publish nothing, silently
+            ok = False
+            print(f"FAIL root {r.name}: {r.path}: {r.cfg.templates} defines no path templates, so nothing in this "
+                  "root would ever publish; add `paths:` (see `watcher init`'s templates.yml)")
+        else:
+            print(f"ok   root {r.name}: {r.path} ({len(r.templates.names)} templates, {r.cfg.observer} observer)")
         for w in r.templates.warnings:
             warnings += 1
             print(f"warn root {r.name}: {w}")
@@ -565,16 +652,17 @@ def cmd_check(args: argparse.Namespace) -> int:
     if missing:
         print(f"ok   journal {settings.journal_url()} (not created yet: `watcher run` or `watcher scan` creates it)")
     else:
-        j = _journal(settings)
-        print(f"ok   journal {j.url}")
-    warnings += _existing_report(roots, j if j is not None else _NoJournal())
+        j_ok, j = _check_journal(settings)
+        ok &= j_ok
+    if missing or j is not None:
+        warnings += _existing_report(roots, j if j is not None else _NoJournal())
     if settings.http:
         settings.http_token()  # an unreadable token file is a configuration error
         print(f"ok   http {settings.http}" + (" (bearer token)" if settings.http_token_file else ""))
     hooks = {r.name: settings.hooks_for(r.name) for r in roots}
     if any(hooks.values()):
         signed = settings.webhook_key() is not None
-        print("ok   webhooks: " + "; ".join(f"{n}: {', '.join(u) or '-'}" for n, u in hooks.items()))
+        print(hide_url_password("ok   webhooks: " + "; ".join(f"{n}: {', '.join(u) or '-'}" for n, u in hooks.items())))
         if not signed:
             warnings += 1
             print("warn webhooks: no webhook_secret (or webhook_secret_file): deliveries are not signed")
@@ -587,7 +675,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             try:
                 for res in backend.check():
                     ok &= res.ok
-                    print(res)
+                    print(backend.scrub(hide_url_password(str(res))))  # never a secret, never a URL's password
             finally:
                 backend.close()
     finally:
@@ -597,6 +685,28 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"{warnings} warning(s); --strict makes them fail", file=sys.stderr)
         return EXIT_FAIL
     return EXIT_OK if ok else EXIT_FAIL
+
+
+def _check_journal(settings: Settings) -> tuple[bool, Any]:
+    """`check`'s journal lines: it opens as this watcher's journal, its pages are sound, it takes
+    writes. Returns (ok, the journal when it may be read for the rest of the check)."""
+    from .errors import JournalError
+
+    try:
+        j = _journal(settings)
+    except JournalError as exc:
+        print(f"FAIL journal {hide_url_password(settings.journal_url())}: {exc}")
+        return False, None
+    probes = j.check()
+    bad = [p for p in probes if not p.ok]
+    for p in bad:
+        print(f"FAIL journal {j.url}: {p.what}: {p.detail}")
+    if not bad:
+        print(f"ok   journal {j.url} (" + "; ".join(f"{p.what}: {p.detail}" for p in probes) + ")")
+    if any(p.what == "integrity" for p in bad):
+        j.close()
+        return False, None  # nothing more is read from a damaged journal
+    return not bad, j
 
 
 BASELINE_BATCH = 200  # candidates per transaction: a kill loses at most the batch being written
@@ -683,6 +793,59 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+class _RootStatus(BaseModel):
+    """What `status` reads of a root in ``status.json`` (the agent may write more)."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+    path: str = ""
+    up: bool = True
+    rescans: int = 0
+    last_rescan_reason: str | None = None
+
+
+class _AgentStatus(BaseModel):
+    """What `status` reads of ``status.json`` (the agent may write more)."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+    agent: str
+    time: float
+    queue: int = 0
+    settling_files: int = 0
+    publishing: int = 0
+    stopped: bool = False
+    roots: dict[str, _RootStatus] = Field(default_factory=dict)
+
+
+def _agent_status(state_dir: Path) -> dict[str, Any] | None:
+    """The agent's ``status.json`` when it has the shape `status` reads; a damaged one (a
+    hand edit, a disk fault) is said in one line on stderr and taken as no status at all: the
+    running agent rewrites it every few seconds."""
+    from pydantic import ValidationError
+
+    from . import health
+    from .config import key_path
+
+    path = state_dir / "status.json"
+    data = health.read_status(state_dir)
+    if data is None:
+        if path.exists():
+            print(f"watcher: {path}: not a JSON object (damaged); ignored until the agent writes it again",
+                  file=sys.stderr)
+        return None
+    try:
+        checked = _AgentStatus.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False, include_input=False)[0]
+        print(f"watcher: {path}: {key_path(tuple(err['loc']))}: {err['msg']} (damaged); ignored until the agent "
+              "writes it again", file=sys.stderr)
+        return None
+    # the checked values, typed, under the agent's own keys (`--json` shows everything it wrote)
+    return {**data, **checked.model_dump(include={"agent", "time", "queue", "settling_files", "publishing",
+                                                  "stopped"}),
+            "roots": {n: {**data["roots"][n], **r.model_dump(include={"path", "up", "rescans", "last_rescan_reason"})}
+                      for n, r in checked.roots.items()}}
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from . import health, webhooks
 
@@ -696,7 +859,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             counts, oldest, hooks = j.counts(), j.oldest_pending(), webhooks.summary(j.db)
         finally:
             j.close()
-    agent = health.read_status(settings.state_dir)
+    agent = _agent_status(settings.state_dir)
     if agent is not None:
         agent["age_seconds"] = round(time.time() - float(agent.get("time", 0)), 1)
     v = health.verdict(agent, counts, oldest, hooks, settings.health.max_pending_age,
@@ -718,7 +881,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                   f"settling {agent['settling_files']} file(s), publishing {agent['publishing']}")
             for n, r in agent["roots"].items():
                 print(f"  root {n}: {'up' if r['up'] else 'DOWN'} {r['path']} rescans {r['rescans']}"
-                      + (f" (last: {r['last_rescan_reason']})" if r["last_rescan_reason"] else ""))
+                      + (f" (last: {r['last_rescan_reason']})" if r["last_rescan_reason"] else "")
+                      + (f"; {r['down_reason']}" if not r["up"] and r.get("down_reason") else ""))
     return EXIT_OK if v["ok"] else EXIT_FAIL
 
 
@@ -741,9 +905,10 @@ def cmd_unmatched(args: argparse.Namespace) -> int:
               + (" in that time" if args.since is not None else ""))
     now = time.time()
     for e in found:
-        print(f"{e.path}\n  root:      {e.root}   arrived {local_time(e.arrived_at, now)}"
-              + (f"\n  closest:   {e.closest}" if e.closest else "")
-              + (f"\n  skipped:   {e.reason}" if e.ignored else f"\n  no match:  {e.reason}"))
+        # one_line: a newline in a file name must not forge entries in this listing
+        print(f"{one_line(e.path)}\n  root:      {e.root}   arrived {local_time(e.arrived_at, now)}"
+              + (f"\n  closest:   {one_line(e.closest)}" if e.closest else "")
+              + (f"\n  skipped:   {one_line(e.reason)}" if e.ignored else f"\n  no match:  {one_line(e.reason)}"))
     for root, t in sorted(totals.items()):
         if t["dropped"] and args.root in (None, root):
             print(f"root {root}: {t['dropped']} older entries were dropped to keep the list bounded", file=sys.stderr)

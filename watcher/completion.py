@@ -21,7 +21,7 @@ from fileseq import FrameSet
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .errors import PublishError
-from .model import Publish
+from .model import Publish, format_ranges, parse_frames, subtract
 
 log = logging.getLogger("watcher")
 
@@ -123,7 +123,7 @@ def decide(signals: Signals, publish: Publish, *, born: float, now: float,
     time of its oldest file: ``max_wait`` counts from it, so a restart does not reset it."""
     expired = now - born >= signals.max_wait
     waits: list[str] = []
-    missing: set[int] = set()
+    missing: list[tuple[int, int]] = []  # expected frames absent, as ranges (never expanded)
     if publish.is_sequence and signals.expect_frames:
         spec = signals.expect_frames
         if spec == "tracker":
@@ -143,16 +143,18 @@ def decide(signals: Signals, publish: Publish, *, born: float, now: float,
                 return Verdict(Decision.REFUSE, f"expect_frames: {exc}")
         if spec and spec != "tracker" and not waits:
             try:
-                expected = set(FrameSet(spec))
+                expected = parse_frames(spec)
             except Exception:
                 return Verdict(Decision.REFUSE, f"expect_frames: {spec!r} is not a frame range")
-            missing = expected - set(publish.frame_numbers())
+            present = list(subtract(parse_frames(publish.frames or ""),
+                                    parse_frames(publish.missing_frames) if publish.missing_frames else []))
+            missing = list(subtract(expected, present))
             if missing:
-                waits.append(f"frames {FrameSet.from_iterable(sorted(missing)).frange} of {spec}")
+                waits.append(f"frames {format_ranges(missing)} of {spec}")
     marker = marker_path(signals, publish) if publish.is_sequence or signals.done_marker else None
     if marker and not os.path.exists(marker):
         waits.append(f"the done marker {os.path.basename(marker)}")
-    holes = set(FrameSet(publish.missing_frames)) if publish.missing_frames else set()
+    holes = bool(publish.missing_frames)
     if holes and signals.holes is Holes.REFUSE:
         return Verdict(Decision.REFUSE, f"missing frames {publish.missing_frames} (holes: refuse); "
                                         "`watcher retry` once they are rendered")
@@ -165,7 +167,7 @@ def decide(signals: Signals, publish: Publish, *, born: float, now: float,
     # max_wait passed: decided now, and said
     if missing and signals.holes is Holes.REFUSE:
         return Verdict(Decision.REFUSE, f"after max_wait ({signals.max_wait:.0f} s) still missing frames "
-                                        f"{FrameSet.from_iterable(sorted(missing)).frange}")
+                                        f"{format_ranges(missing)}")
     if signals.holes is Holes.REFUSE and marker and not os.path.exists(marker):
         return Verdict(Decision.REFUSE, f"after max_wait ({signals.max_wait:.0f} s) no done marker "
                                         f"{os.path.basename(marker)}")

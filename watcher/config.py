@@ -4,19 +4,23 @@ and start-up stops there (exit code 2)."""
 from __future__ import annotations
 
 import difflib
-import hashlib
 import ipaddress
 import json
 import os
 import socket
+from enum import Enum
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Callable, Literal, Mapping
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError, ValidationInfo,
+                      field_validator, model_validator)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from . import paths
 from .errors import ConfigError
+from .names import shown
+from .paths import OSPaths, RootPath, RootPathError
 
 DEFAULT_CONFIG = "watcher.yml"
 ENV_PREFIX = "WATCHER_"
@@ -25,20 +29,27 @@ NOT_SETTINGS = {"WATCHER_CONFIG", "WATCHER_SOAK_SEED"}
 
 
 def default_state_dir(config_file: Path | None = None, journal: str | None = None) -> Path:
-    """Where ``status.json`` (and the default journal) live when ``state_dir`` is not set, so
-    that two configurations never share one: ``$STATE_DIRECTORY`` under systemd (its first
-    entry), else the folder of a SQLite journal, else one folder per configuration file under
-    ``$XDG_STATE_HOME/watcher`` (``~/.local/state/watcher/<name>-<hash of its path>``)."""
+    """Where ``status.json``, the lock (and the default journal) live when ``state_dir`` is not
+    set, so that two configurations never share one: ``$STATE_DIRECTORY`` under systemd (its
+    first entry), else the folder of a SQLite journal, else one folder per configuration file in
+    the OS's place for application state (``paths.agent_dirs``): Linux
+    ``$XDG_STATE_HOME/watcher/<name>-<hash of its path>`` (``~/.local/state/...``, as always),
+    macOS ``~/Library/Application Support/watcher/...``, Windows ``%LOCALAPPDATA%\\watcher\\...``."""
     systemd = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
     if systemd:
         return Path(systemd)
     if journal and journal.startswith("sqlite:///"):
         return Path(journal[len("sqlite:///"):]).parent
-    base = Path(os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state"))
-    if config_file is None:
-        return base / "watcher"
-    digest = hashlib.sha256(str(config_file).encode()).hexdigest()[:8]
-    return base / "watcher" / f"{config_file.stem}-{digest}"
+    return Path(paths.agent_dirs(None if config_file is None else str(config_file)).state)
+
+
+class Observer(str, Enum):
+    """``observer:`` of a root. AUTO is decided when the configuration loads (``resolve_observer``):
+    POLLING on a network file system, NATIVE elsewhere."""
+
+    AUTO = "auto"
+    NATIVE = "native"
+    POLLING = "polling"
 
 
 class EntityScope(BaseModel):
@@ -51,13 +62,18 @@ class RootSettings(BaseModel):
     """One watched tree. ``project``/``entity`` pin a vendor drop folder to one show or shot:
     they override what the template says."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    # this OS's spelling, as written (never resolved: a mapped P:\\ stays P:\\). In the file, a
+    # path or a mapping per OS ({linux: ..., darwin: ..., windows: ...}, or Toolkit's roots.yml
+    # keys); the whole mapping is ``os_paths``
     path: Path
     templates: Path
     ignore: list[str] = Field(default_factory=list)
-    observer: Literal["native", "polling"] = "native"
+    # a file at the top of the share: missing, the share is taken for not mounted (root down)
+    marker: str | None = None
+    observer: Literal["auto", "native", "polling"] = Observer.AUTO.value
     poll_interval: float = Field(default=10.0, gt=0)
     settle_seconds: float | None = Field(default=None, ge=0)
     sequence_settle_seconds: float | None = Field(default=None, ge=0)
@@ -68,11 +84,76 @@ class RootSettings(BaseModel):
     project: str | None = None
     entity: EntityScope | None = None
     on_publish: list[str] = Field(default_factory=list)  # webhook URLs, added to the global ones
+    _os_paths: OSPaths | None = PrivateAttr(default=None)  # the per-OS mapping, when the file gave one
+    _observer_note: str | None = PrivateAttr(default=None)  # why `auto` chose what it chose (logged at load)
 
     @field_validator("on_publish")
     @classmethod
     def _urls(cls, v: list[str]) -> list[str]:
         return _webhook_urls(v)
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _this_os(cls, v: Any, info: ValidationInfo) -> Any:
+        """A per-OS mapping becomes this OS's spelling (every spelling checked in its OS's syntax);
+        the error names the root and the key to add."""
+        if isinstance(v, (str, os.PathLike)) or not isinstance(v, Mapping):
+            return v  # a plain path (relative ones resolve against the file), or pydantic's own error
+        try:
+            return paths.root_spelling(str(info.data.get("name", "?")), v)
+        except RootPathError as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("marker")
+    @classmethod
+    def _marker(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        names = v.replace("\\", "/").split("/")
+        if not v.strip() or v.startswith(("/", "\\")) or ":" in v or ".." in names or not all(names):
+            raise ValueError(f"{v!r} is not a path inside the root; name a file at the top of the share, "
+                             "for example .watcher-root")
+        return v
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _keep_os_paths(cls, data: Any, handler: Callable[[Any], "RootSettings"]) -> "RootSettings":
+        root = handler(data)
+        raw = data.get("path") if isinstance(data, Mapping) else None
+        if isinstance(raw, Mapping):
+            root._os_paths = paths.parse_os_paths(root.name, raw)  # valid: the field validator checked it
+        return root
+
+    @property
+    def os_paths(self) -> OSPaths:
+        """The root's spelling on every OS the configuration gives one for (the trackers match
+        storages and locations through them); a plain ``path`` is the same on every OS."""
+        if self._os_paths is not None:
+            return self._os_paths
+        return OSPaths(shared=str(self.path))
+
+    @property
+    def observer_note(self) -> str | None:
+        """What ``observer: auto`` chose and why (None: not decided by auto), for the log."""
+        return self._observer_note
+
+
+def resolve_observer(root: RootSettings, probe: Callable[[str], paths.Filesystem] = paths.filesystem_of) -> None:
+    """``observer: auto`` becomes ``polling`` on a network file system (native events miss other
+    machines' writes there) and ``native`` elsewhere; the choice, naming the file system type,
+    is kept in ``observer_note`` for the log."""
+    if root.observer != Observer.AUTO.value:
+        return
+    fs = probe(str(root.path))
+    if fs.network:
+        root.observer = Observer.POLLING.value
+        root._observer_note = (f"root {root.name}: {shown(str(root.path))} is on a network file system ({fs.fstype} "
+                               f"at {shown(fs.mount_point)}): watching it by polling every {root.poll_interval:g} s "
+                               "(set `observer: native` on the root to override)")
+    else:
+        root.observer = Observer.NATIVE.value
+        what = f"a local file system ({fs.fstype})" if fs.fstype else "a file system of unknown type"
+        root._observer_note = f"root {root.name}: {shown(str(root.path))} is on {what}: watching it natively"
 
 
 def _webhook_urls(v: list[str]) -> list[str]:
@@ -114,6 +195,8 @@ def read_token(path: str | os.PathLike[str]) -> str:
         token = Path(path).read_text(encoding="utf-8").strip()
     except OSError as exc:
         raise ConfigError(f"http_token_file: cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"http_token_file: {path} is not UTF-8 text; put the token in it as plain text") from None
     if not token:
         raise ConfigError(f"http_token_file: {path} is empty; put a token in it")
     return token
@@ -136,7 +219,7 @@ def http_problem(http: str | None, token_file: Path | None) -> str | None:
 class HealthSettings(BaseModel):
     """Thresholds of `watcher status` and ``/healthz``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     max_pending_age: float = Field(default=3600.0, gt=0)  # oldest pending publish older than this: unhealthy
     fail_on_failed: bool = True  # parked (failed) publishes or webhook deliveries make the agent unhealthy
 
@@ -148,13 +231,29 @@ class TrackerSettings(BaseModel):
     model_config = ConfigDict(extra="allow")
     backend: str = "local"
 
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, v: str) -> str:
+        # here, not at start-up: the error then names WATCHER_TRACKER__BACKEND when it set the value
+        from importlib.metadata import entry_points
+
+        from .publish import BUILTIN
+
+        if v not in BUILTIN:
+            known = sorted(set(BUILTIN) | {ep.name for ep in entry_points(group="watcher.backends")})
+            if v not in known:
+                raise ValueError(f"unknown backend {v!r}; known: {', '.join(known)}")
+        return v
+
     @property
     def options(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="WATCHER_", env_nested_delimiter="__", extra="forbid")
+    # no inf/nan: WATCHER_SETTLE_SECONDS=inf would hold every file forever without a word
+    model_config = SettingsConfigDict(env_prefix="WATCHER_", env_nested_delimiter="__", extra="forbid",
+                                      allow_inf_nan=False)
 
     roots: list[RootSettings] = Field(min_length=1)
     settle_seconds: float = Field(default=5.0, ge=0)
@@ -183,6 +282,9 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(default=900.0, ge=5)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
+    # the log in a file, rotated (10 MB x 5), instead of stderr; without a console (pythonw) the
+    # default is <the OS's log folder>/watcher/<config>-<hash>/watcher.log
+    log_file: Path | None = None
     http: str | None = None  # "127.0.0.1:9464": /metrics and /healthz; off when unset
     http_token_file: Path | None = None  # required when http binds anything but loopback
     on_publish: list[str] = Field(default_factory=list)  # webhook URLs for every root
@@ -243,7 +345,11 @@ class Settings(BaseSettings):
         """The HMAC key for webhook signatures (None: deliveries are not signed)."""
         from .secrets import read_secret
 
-        text = read_secret(self.webhook_secret, self.webhook_secret_file, "webhook_secret", required=False)
+        try:
+            text = read_secret(self.webhook_secret, self.webhook_secret_file, "webhook_secret", required=False)
+        except UnicodeDecodeError:
+            raise ConfigError(f"webhook_secret_file: {self.webhook_secret_file} is not UTF-8 text; put the key in it "
+                              "as plain text") from None
         return text.encode() if text else None
 
     def http_token(self) -> str | None:
@@ -266,6 +372,11 @@ class Settings(BaseSettings):
             settle = max(settle, 3 * root.poll_interval)
         seq = root.sequence_settle_seconds if root.sequence_settle_seconds is not None else self.sequence_settle_seconds
         return settle, settle if seq is None else seq
+
+
+# pydantic error types of a value with the wrong shape (a string where a list or mapping belongs)
+_LIST_ERRORS = frozenset({"list_type", "tuple_type"})
+_MAPPING_ERRORS = frozenset({"dict_type", "model_type", "model_attributes_type"})
 
 
 def key_path(loc: tuple[Any, ...]) -> str:
@@ -321,6 +432,10 @@ def format_validation(source: str, exc: ValidationError, prefix: str = "",
         for keys, var in (env or {}).items():
             if full[:len(keys)] == keys:
                 where = f"{var} (environment)"
+                if err["type"] in _LIST_ERRORS and len(keys) == len(full):
+                    msg += f"; write the list as JSON ({var}='[...]'), or set one entry with {var}__0=..."
+                elif err["type"] in _MAPPING_ERRORS and len(keys) == len(full):
+                    msg += f"; write the mapping as JSON ({var}='{{\"key\": ...}}'), or set one key with {var}__KEY=..."
                 break
         lines.append(f"{where}: {path}: {msg}")
     return "\n".join(lines)
@@ -392,6 +507,8 @@ def load_settings(path: str | os.PathLike[str] | None = None, *, check_paths: bo
         raise ConfigError(f"{source}: no such file; create one with `watcher init` or pass -c/--config") from None
     except OSError as exc:
         raise ConfigError(f"{source}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{source}: not UTF-8 text ({_undecodable(exc)}); save it as UTF-8") from None
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
@@ -410,6 +527,7 @@ def load_settings(path: str | os.PathLike[str] | None = None, *, check_paths: bo
         raise ConfigError(format_validation(source, exc, env=env_keys)) from None
     base = cfg.resolve().parent
     settings.config_file = cfg.resolve()
+    _refuse_nul(settings, source, env_keys)
     problems = []
     for i, root in enumerate(settings.roots):
         # as the studio declares it (a symlinked mount, autofs): what the tracker is sent and
@@ -422,6 +540,12 @@ def load_settings(path: str | os.PathLike[str] | None = None, *, check_paths: bo
         if not root.templates.is_file():
             problems.append(f"{_source(source, env_keys, ('roots', str(i), 'templates'))}: roots[{i}].templates: "
                             f"{root.templates} does not exist")
+    for i, j, why in overlapping_roots(settings.roots):
+        a, b = settings.roots[i], settings.roots[j]
+        problems.append(f"{_source(source, env_keys, ('roots', str(j), 'path'))}: roots[{j}].path: root {b.name!r} "
+                        f"({b.path}) and root {a.name!r} ({a.path}) overlap: {why}; every file there would be "
+                        "published twice. Keep one, or add the inner folder to the outer root's `ignore` "
+                        "(e.g. \"vendor/\")")
     if settings.journal and settings.journal.startswith("sqlite:///") and not settings.journal.startswith("sqlite:////"):
         rel = settings.journal[len("sqlite:///"):]
         settings.journal = f"sqlite:///{_resolve(base, Path(rel))}"
@@ -429,12 +553,33 @@ def load_settings(path: str | os.PathLike[str] | None = None, *, check_paths: bo
         settings.state_dir = _resolve(base, Path(data["state_dir"]))
     else:
         settings.state_dir = default_state_dir(settings.config_file, settings.journal)
-    for attr in ("http_token_file", "webhook_secret_file"):
+    for attr in ("http_token_file", "webhook_secret_file", "log_file"):
         if getattr(settings, attr) is not None:
             setattr(settings, attr, _resolve(base, getattr(settings, attr)))
     if problems:
         raise ConfigError("\n".join(problems))
+    for root in settings.roots:
+        resolve_observer(root)
+    if check_paths:
+        problem = sqlite_on_network(settings)
+        if problem:
+            raise ConfigError(f"{_source(source, env_keys, ('journal',))}: journal: {problem}")
     return settings
+
+
+def sqlite_on_network(settings: Settings) -> str | None:
+    """Why the SQLite journal cannot be used where it is (None: it can, or it is not SQLite):
+    on a network file system (a network home folder, an NFS state_dir) SQLite's file locks and
+    its write-ahead log's shared memory do not work, and the journal corrupts or stalls."""
+    url = settings.journal_url()
+    if not url.startswith("sqlite:///") or url.endswith(":memory:"):
+        return None
+    db = url[len("sqlite:///"):]
+    fs = paths.filesystem_of(os.path.dirname(db) or ".")
+    if not fs.network:
+        return None
+    return (f"{shown(db)} is on a network file system ({fs.fstype} at {shown(fs.mount_point)}); SQLite's locking "
+            "and WAL do not work there: set state_dir to a local folder or use a postgresql:// journal")
 
 
 def _source(source: str, env: Mapping[tuple[str, ...], str], keys: tuple[str, ...]) -> str:
@@ -442,6 +587,70 @@ def _source(source: str, env: Mapping[tuple[str, ...], str], keys: tuple[str, ..
         if keys[:len(k)] == k:
             return f"{var} (environment)"
     return source
+
+
+def _refuse_nul(settings: Settings, source: str, env: Mapping[tuple[str, ...], str]) -> None:
+    """A path holding a NUL character (``"\\0"`` in YAML, or from the environment) cannot name a
+    file: refused here, naming the key, rather than by the first ``stat``."""
+    found: list[tuple[tuple[str, ...], Any]] = [
+        (("state_dir",), settings.state_dir), (("http_token_file",), settings.http_token_file),
+        (("webhook_secret_file",), settings.webhook_secret_file), (("journal",), settings.journal),
+        (("log_file",), settings.log_file)]
+    for i, r in enumerate(settings.roots):
+        found += [(("roots", str(i), "path"), r.path), (("roots", str(i), "templates"), r.templates),
+                  (("roots", str(i), "marker"), r.marker)]
+    for keys, value in found:
+        if value is not None and "\0" in str(value):
+            where = key_path(tuple(int(k) if k.isdigit() else k for k in keys))
+            raise ConfigError(f"{_source(source, env, keys)}: {where}: holds a NUL character (\\0); no path can")
+
+
+def _undecodable(exc: UnicodeDecodeError) -> str:
+    """Where the first byte that is not UTF-8 is: ``line 3, byte 0xff``."""
+    line = exc.object[:exc.start].count(b"\n") + 1
+    return f"line {line}, byte 0x{exc.object[exc.start]:02x}"
+
+
+def overlapping_roots(roots: list[RootSettings]) -> list[tuple[int, int, str]]:
+    """Pairs of roots ``(i, j, why)`` that watch the same files: the same folder, or one inside
+    the other, once symlinks and ``..`` are resolved (``root`` and ``./root/``, a link to it). Each
+    file there would be seen, and published, once per root. Nesting is allowed when the outer
+    root's ``ignore`` excludes the inner root's folder (a vendor drop kept apart)."""
+    from .ignore import Ignorer
+
+    real = [os.path.realpath(r.path) for r in roots]
+    found = []
+    for i in range(len(roots)):
+        for j in range(i + 1, len(roots)):
+            a, b = real[i], real[j]
+            if _same(a, b):
+                found.append((i, j, f"both are {a}"))
+                continue
+            rel_b, rel_a = _below(b, a), _below(a, b)
+            outer, inner, rel = (i, j, rel_b) if rel_b is not None else (j, i, rel_a) if rel_a is not None \
+                else (None, None, None)
+            if outer is None or inner is None or rel is None:
+                continue
+            if Ignorer(roots[outer].ignore).ignored_dir(rel):
+                continue
+            found.append((i, j, f"{real[inner]} is inside {real[outer]}"))
+    return found
+
+
+def _below(path: str, parent: str) -> str | None:
+    """``path`` relative to ``parent`` (POSIX), separator- and drive-aware (``P:\\`` holds
+    ``P:\\a``); None when it is not below it."""
+    try:
+        return RootPath.of(parent).relative(path)
+    except RootPathError:
+        return None
+
+
+def _same(a: str, b: str) -> bool:
+    try:
+        return RootPath.of(a).same(b)
+    except RootPathError:
+        return a == b
 
 
 def _absolute(base: Path, p: Path) -> Path:
@@ -471,10 +680,13 @@ STARTER = """\
 
 roots:
   - name: {root_name}                 # a short name, shown in logs and `watcher publishes`
-    path: {root_path}                 # relative paths resolve against this file's folder
+    path: {root_path}                 # relative paths resolve against this file's folder; or one per OS:
+    #                                 #   {{linux: /mnt/shows, darwin: /Volumes/shows, windows: 'P:\\shows'}}
     templates: {templates}            # Toolkit-style templates.yml (keys/paths/publishes)
-    # observer: polling               # for NFS/SMB mounts, where the kernel sees no remote writes
+    # observer: auto                  # auto: polling on network file systems (NFS/SMB, where the
+    #                                 # kernel sees no remote writes), native events elsewhere
     # poll_interval: 10
+    # marker: .watcher-root           # a file at the top of the share: missing = not mounted, root down
     # ignore: ["*.bak", "scratch/**"] # globs on the path relative to the root
     # republish: never                # a file changed after its publish: never | new_version | update
     existing: publish                 # files already in the tree when watcher first starts on it:
@@ -493,6 +705,7 @@ settle_seconds: 5                     # a file is complete when unchanged for th
 # journal: sqlite:////var/lib/watcher/journal.db  # default: <state_dir>/journal.db;
 #                                     # postgresql://user@host/db to share the work between machines
 # http: 127.0.0.1:9464                # /metrics (Prometheus) and /healthz; other addresses need http_token_file
+# log_file: watcher.log               # the agent's log, rotated, instead of stderr
 # on_publish: [https://hooks.example/transcode]  # webhooks, signed with webhook_secret_file (HMAC-SHA256)
 tracker:
   backend: local                      # local | shotgrid | ftrack | kitsu

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import math
 import re
 import secrets
 import socket
@@ -35,6 +36,7 @@ from .config import Settings, is_loopback, read_token
 from .errors import WatcherError
 from .journal.base import Row, Status
 from .journal.ledger import Journal
+from .logs import hide_url_password
 
 log = logging.getLogger("watcher")
 
@@ -96,8 +98,11 @@ def _redact(value: Any) -> Any:
 
 
 def _safe_url(url: str | None) -> str | None:
-    """Only http(s) links are rendered (a tracker URL is never a ``javascript:`` link)."""
-    return url if url and url.lower().startswith(("http://", "https://")) else None
+    """Only http(s) links are rendered (a tracker URL is never a ``javascript:`` link), and
+    never with a ``user:password@`` part (a row journaled from a site URL holding credentials)."""
+    from .publish.http import without_credentials
+
+    return without_credentials(url) if url and url.lower().startswith(("http://", "https://")) else None
 
 
 # -- the app -----------------------------------------------------------------------------------
@@ -276,7 +281,8 @@ class DeskApp:
             "path": p.path, "frames": p.frames, "holes": p.missing_frames, "frame_count": p.frame_count,
             "entity": f"{p.entity.type} {p.entity.name}" if p.entity else None, "task": p.task, "name": p.name,
             "version": p.version, "type": p.publish_type, "tracker": r.tracker, "tracker_id": r.tracker_id,
-            "tracker_url": _safe_url(r.tracker_url), "error": r.last_error, "attempts": r.attempts,
+            "tracker_url": _safe_url(r.tracker_url),
+            "error": hide_url_password(r.last_error) if r.last_error else r.last_error, "attempts": r.attempts,
             "created_at": r.created_at, "published_at": r.published_at, "updated_at": r.updated_at,
             "latency": (r.published_at - p.mtime) if r.published_at and p.mtime else None,
             "next_attempt_in": (r.next_attempt_at - now) if r.status is Status.PENDING and r.next_attempt_at else None,
@@ -297,8 +303,11 @@ class DeskApp:
             return None, None
         if not isinstance(data, dict):
             return None, None
+        roots = data.get("roots")
+        if not isinstance(roots, dict) or not all(isinstance(r, dict) for r in roots.values()):
+            data["roots"] = {}  # a damaged file: the roots are shown from the configuration alone
         ts = data.get("time")
-        return _redact(data), (now - ts) if isinstance(ts, (int, float)) else None
+        return _redact(data), (now - ts) if isinstance(ts, (int, float)) and math.isfinite(ts) else None
 
     def _notice(self, query: dict[str, list[str]]) -> str | None:
         def ids(key: str) -> str:

@@ -7,9 +7,11 @@ from enum import Enum
 
 
 class Kind(Enum):
-    CREATED = "created"  # a file appeared (real, or synthetic from watchdog's walk of a new directory)
+    CREATED = "created"  # a file appeared (real, or synthetic: see ``FsEvent.synthetic``)
     CLOSED = "closed"  # a writer closed it (Linux close-write): a hint that it may be complete
     MOVED = "moved"  # renamed; ``dest`` is the new path (complete: no close will follow)
+    ARRIVED = "arrived"  # renamed or hard-linked in from outside the watch: complete, no close will follow
+    MODIFIED = "modified"  # written (observers without close events): restarts its quiet window
     DELETED = "deleted"
     SEEN = "seen"  # found by a scan or a poll: no event evidence, its mtime tells its age
     DIR_CREATED = "dir_created"
@@ -19,6 +21,11 @@ class Kind(Enum):
 
 @dataclass(frozen=True, slots=True)
 class FsEvent:
+    """``synthetic`` (``CREATED`` only): no close event will follow this create, so the
+    stat-quiet window alone decides. True for files found by watchdog's walk of a new
+    directory, and for every create of an observer that reports no closes (FSEvents,
+    ReadDirectoryChangesW)."""
+
     root: str
     kind: Kind
     path: str

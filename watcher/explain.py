@@ -6,7 +6,8 @@ from __future__ import annotations
 import os
 from typing import Any, Sequence
 
-from .roots import Refusal, RootRuntime
+from .names import decodable, one_line, stored
+from .roots import Refusal, RootRuntime, file_kind
 
 
 def explain_path(roots: Sequence[RootRuntime], raw: str) -> dict[str, Any]:
@@ -17,22 +18,27 @@ def explain_path(roots: Sequence[RootRuntime], raw: str) -> dict[str, Any]:
             if r.real != r.path and path.startswith(r.real.rstrip("/") + "/"):
                 path = r.path + path[len(r.real.rstrip("/")):]
                 break
-    res: dict[str, Any] = {"path": path}
+    res: dict[str, Any] = {"path": stored(path)}  # JSON and a terminal hold no undecodable bytes
     for r in roots:
         rel = r.relative(path)
         if rel is None:
             continue
         res["root"] = r.name
-        res["relative_path"] = rel
+        res["relative_path"] = stored(rel)
         # the pipeline's own admission; a path not on disk yet is explained as if it were a file
-        verdict = r.admit(rel, path) if os.path.lexists(path) or r.ignorer.ignored(rel) else None
+        verdict = r.admit(rel, path) if os.path.lexists(path) or r.ignorer.ignored(rel) or not decodable(rel) else None
         if isinstance(verdict, Refusal):
             reason = verdict.value
             if verdict is Refusal.ESCAPES:
-                reason = f"resolves to {os.path.realpath(path)}, outside the root: never published"
-            res.update(matched=False, reason=reason)
+                reason = f"resolves to {stored(os.path.realpath(path))}, outside the root: never published"
+            elif verdict is Refusal.NOT_REGULAR:
+                reason = f"{_kind(path)}: {reason}"
+            res.update(matched=False, refused=verdict.name.lower(), reason=reason)
         else:
             res.update(r.templates.explain(rel))
+            if res.get("placeholder"):  # matches, but the pipeline refuses it
+                res.update(matched=False, refused=Refusal.PLACEHOLDER.name.lower(), closest=res.get("template"),
+                           reason=Refusal.PLACEHOLDER.value)
             pub = res.get("publish")
             if pub and r.scope.project:
                 pub["project"] = r.scope.project
@@ -57,21 +63,34 @@ def _frames_on_disk(r: RootRuntime, pattern: str) -> dict[str, Any]:
         with os.scandir(folder) as it:
             for e in it:
                 mid = e.name[len(head):len(e.name) - len(tail)] if tail else e.name[len(head):]
-                if e.name.startswith(head) and e.name.endswith(tail) and mid.lstrip("-").isdigit():
+                if e.name.startswith(head) and e.name.endswith(tail) and mid.lstrip("-").isdigit() \
+                        and e.is_file(follow_symlinks=False):  # what admission takes: no FIFO, link or folder
                     frames.append(int(mid))
     except OSError:
         return {}
     if not frames:
         return {}
-    from .candidate import frame_ranges
+    from .candidate import frame_ranges, split_strays
 
-    full, holes = frame_ranges(frames)
-    return {"frames_on_disk": full, "missing_frames": holes}
+    kept, strays = split_strays(frames)
+    full, holes = frame_ranges(kept)
+    out: dict[str, Any] = {"frames_on_disk": full, "missing_frames": holes}
+    if strays:
+        out["stray_frames"] = strays
+    return out
+
+
+def _kind(path: str) -> str:
+    try:
+        return file_kind(os.lstat(path).st_mode)
+    except OSError:
+        return "gone"
 
 
 def explain_text(res: dict[str, Any]) -> str:
-    """The human form of ``explain_path``'s answer (what `watcher explain` prints)."""
-    lines = [res["path"]]
+    """The human form of ``explain_path``'s answer (what `watcher explain` prints). Names are
+    escaped (a control character in a name cannot fake a line)."""
+    lines = [one_line(res["path"])]
     if res.get("root"):
         lines.append(f"  root:      {res['root']}")
     if res.get("matched"):
@@ -90,14 +109,17 @@ def explain_text(res: dict[str, Any]) -> str:
         else:
             lines.append("  publish:   none (the template has no publishes rule)")
         if res.get("frame") is not None or res.get("pattern") not in (None, res.get("relative_path")):
-            lines.append(f"  frame:     {res.get('frame')}   sequence: {res.get('pattern')}")
+            lines.append(f"  frame:     {res.get('frame')}   sequence: {one_line(str(res.get('pattern')))}")
         if res.get("frames_on_disk"):
             lines.append(f"  on disk:   {res['frames_on_disk']}"
                          + (f", missing {res['missing_frames']}" if res.get("missing_frames") else ", no holes"))
+        if res.get("stray_frames"):
+            lines.append(f"  strays:    {', '.join(map(str, res['stray_frames']))} (too far from the rest: left out of "
+                         f"the sequence's publish)")
     else:
         if res.get("closest"):
             lines.append(f"  closest:   {res['closest']}")
         if res.get("ambiguous"):
             lines.append(f"  ambiguous: {', '.join(res['ambiguous'])}")
-        lines.append(f"  no match:  {res.get('reason')}")
+        lines.append(f"  {'refused:   ' if res.get('refused') else 'no match:  '}{one_line(str(res.get('reason')))}")
     return "\n".join(lines)

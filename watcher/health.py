@@ -8,6 +8,8 @@ Checks, each named in the JSON with ``ok`` and a ``reason``:
 - ``publishes``: no publish is parked as ``failed``.
 - ``backlog``: the oldest publish not yet published is younger than ``health.max_pending_age``.
 - ``webhooks``: no webhook delivery is parked as ``failed``.
+- ``journal``: the running agent can write its journal (not locked by another process, full,
+  read-only or unreachable); while it cannot, settled files wait in memory.
 """
 from __future__ import annotations
 
@@ -17,10 +19,15 @@ import time
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
+
+from .errors import JournalError
 
 from .agent import AgentId, alive
 from .supervise import CHECK_INTERVAL
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .journal.ledger import Database, Journal
 
 STALE_AFTER = 3 * CHECK_INTERVAL + 0.5
 
@@ -31,6 +38,7 @@ class Check(str, Enum):
     PUBLISHES = "publishes"
     BACKLOG = "backlog"
     WEBHOOKS = "webhooks"
+    JOURNAL = "journal"
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,35 @@ def agent_running(status: dict[str, Any] | None, now: float | None = None) -> tu
     return True, f"agent {status['agent']} is running"
 
 
+def journal_figures(journal: "Journal", webhooks_summary: "Callable[[Database], dict[str, Any]]") -> tuple[
+        dict[str, int], float | None, dict[str, Any] | None]:
+    """(counts, oldest pending, webhook summary) for ``verdict``; empty when the journal cannot be
+    read now (the agent's status then says why, in the ``journal`` check)."""
+    try:
+        return journal.counts(), journal.oldest_pending(), webhooks_summary(journal.db)
+    except JournalError:
+        return {}, None, None
+
+
+def journal_result(state: Any, now: float) -> Result | None:
+    """The ``journal`` check from the agent's status (None: an agent that does not say)."""
+    if not isinstance(state, dict) or "ok" not in state:
+        return None
+    if state.get("ok"):
+        return Result(Check.JOURNAL, True, "the journal takes writes")
+    parts = []
+    since = state.get("since")
+    if isinstance(since, (int, float)):
+        parts.append(f"for {max(0.0, now - since):.0f} s")
+    if state.get("candidates_waiting"):
+        parts.append(f"{state['candidates_waiting']} settled candidate(s) kept in memory")
+    if state.get("outcomes_waiting"):
+        parts.append(f"{state['outcomes_waiting']} publish outcome(s) to record")
+    parts.append("retried with backoff")
+    return Result(Check.JOURNAL, False,
+                  f"journal unavailable: {state.get('reason') or state.get('fault')} ({'; '.join(parts)})")
+
+
 def verdict(status: dict[str, Any] | None, counts: dict[str, int], oldest_pending: float | None,
             webhooks: dict[str, Any] | None, max_pending_age: float, *, fail_on_failed: bool = True,
             now: float | None = None) -> dict[str, Any]:
@@ -75,6 +112,9 @@ def verdict(status: dict[str, Any] | None, counts: dict[str, int], oldest_pendin
     if running and status is not None:
         down = [n for n, r in (status.get("roots") or {}).items() if not r.get("up")]
         results.append(Result(Check.ROOTS, not down, f"root(s) down: {', '.join(down)}" if down else "every root is up"))
+        journal = journal_result(status.get("journal"), now)
+        if journal is not None:
+            results.append(journal)
     failed = counts.get("failed", 0)
     results.append(Result(Check.PUBLISHES, failed == 0 or not fail_on_failed,
                           f"{failed} publish(es) failed; see `watcher publishes --status failed`, then `watcher retry`"
@@ -93,4 +133,5 @@ def verdict(status: dict[str, Any] | None, counts: dict[str, int], oldest_pendin
             "checks": {r.check.value: {"ok": r.ok, "reason": r.reason} for r in results}}
 
 
-__all__ = ["Check", "Result", "verdict", "read_status", "agent_running", "STALE_AFTER"]
+__all__ = ["Check", "Result", "verdict", "read_status", "agent_running", "journal_figures", "journal_result",
+           "STALE_AFTER"]

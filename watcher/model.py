@@ -3,8 +3,9 @@ backend receives. Backends see only these, never pipeline internals."""
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,9 @@ class Publish:
     ``path`` is absolute; for a sequence it is the printf pattern (``/x/beauty.%04d.exr``) and
     ``frames`` the fileseq range (``"1001-1100"``), ``missing_frames`` the holes or None.
     ``fields`` are the typed template fields without the frame key.
+    ``negative_digits``: the sequence's negative frames keep ``padding`` digits after the minus
+    sign (``beauty.-0003.exr`` beside ``beauty.0002.exr``), which printf does not write
+    (``-003``); ``frame_path`` writes them back as they are on disk.
     """
 
     key: str  # idempotency key: root, template, fields without frame, version
@@ -46,6 +50,7 @@ class Publish:
     # ctimes); set only on roots with `existing: baseline`, for the journal to tell files that
     # were there before it first saw the root (recorded as baseline, never published)
     arrived: float | None = None
+    negative_digits: bool = False
 
     @property
     def is_sequence(self) -> bool:
@@ -57,19 +62,18 @@ class Publish:
         return os.path.splitext(self.path)[1].lstrip(".").lower()
 
     def frame_numbers(self) -> list[int]:
-        """Frames present on disk (the range minus the holes)."""
+        """Frames present on disk (the range minus the holes), in the time of the frames present,
+        not of the span between them (a stray frame far away costs nothing)."""
         if self.frames is None:
             return []
-        from fileseq import FrameSet
-
-        present = FrameSet(self.frames)
-        if self.missing_frames:
-            return [f for f in present if f not in set(FrameSet(self.missing_frames))]
-        return list(present)
+        holes = parse_frames(self.missing_frames) if self.missing_frames else []
+        return [f for a, b in subtract(parse_frames(self.frames), holes) for f in range(a, b + 1)]
 
     def frame_path(self, frame: int) -> str:
         """The path of one frame of a sequence (the pattern filled in)."""
-        return self.path % frame if self.frames is not None else self.path
+        if self.frames is None:
+            return self.path
+        return frame_file(self.path, frame, self.padding, self.negative_digits)
 
     def middle_frame_path(self) -> str | None:
         """The file that stands for the publish in a thumbnail or preview: the middle frame
@@ -136,3 +140,112 @@ class Job:
         """Merge values into ``state`` and persist them before continuing."""
         self.state.update(values)
         self.save_state(dict(self.state))
+
+
+# -- frame ranges: fileseq's notation ("1001-1100", "1003,1005-1007", "1002-1010x2"), written
+# and read in the time of the ranges, never of the frames they span --------------------------
+
+_RANGE = re.compile(r"(-?[0-9]+)(?:-(-?[0-9]+)(?:x([0-9]+))?)?")
+
+
+def format_frames(frames: Iterable[int]) -> str:
+    """Sorted distinct frames as fileseq writes them: runs ``a-b``, three or more frames at one
+    step ``a-bxN``, single frames alone. O(n) in the frames given."""
+    return format_ranges(_merge([(f, f) for f in frames]))
+
+
+def format_ranges(ranges: Iterable[tuple[int, int]]) -> str:
+    """Sorted, disjoint, non-adjacent inclusive ranges in fileseq's notation, in O(ranges):
+    ranges of one frame that follow each other at one step (holes every other frame of a
+    render on twos) are written ``a-bxN``."""
+    items = list(ranges)
+    out: list[str] = []
+    i = 0
+    while i < len(items):
+        a, b = items[i]
+        if a != b:
+            out.append(f"{a}-{b}")
+            i += 1
+            continue
+        j = i + 1  # a run of single frames at one step?
+        if j < len(items) and items[j][0] == items[j][1]:
+            step = items[j][0] - a  # > 1: the ranges are not adjacent
+            while j + 1 < len(items) and items[j + 1][0] == items[j + 1][1] and items[j + 1][0] - items[j][0] == step:
+                j += 1
+            if j - i >= 2:
+                out.append(f"{a}-{items[j][0]}x{step}")
+                i = j + 1
+                continue
+        out.append(str(a))
+        i += 1
+    return ",".join(out)
+
+
+def parse_frames(text: str) -> list[tuple[int, int]]:
+    """Inclusive ranges, sorted and merged, of a frame range in fileseq's notation. A stepped
+    range is expanded (its frames are single ranges); notations this does not know are read by
+    fileseq."""
+    out: list[tuple[int, int]] = []
+    for part in text.split(","):
+        m = _RANGE.fullmatch(part.strip())
+        if m is None:
+            from fileseq import FrameSet
+
+            return _merge([(int(f), int(f)) for f in FrameSet(text)])
+        a = int(m.group(1))
+        b = a if m.group(2) is None else int(m.group(2))
+        step = int(m.group(3) or 1)
+        lo, hi = min(a, b), max(a, b)
+        if step <= 1:
+            out.append((lo, hi))
+        else:
+            out.extend((f, f) for f in range(lo, hi + 1, step))
+    return _merge(out)
+
+
+def subtract(ranges: list[tuple[int, int]], holes: list[tuple[int, int]]) -> Iterator[tuple[int, int]]:
+    """``ranges`` minus ``holes`` (both sorted and merged), range by range."""
+    k = 0
+    for a, b in ranges:
+        while k < len(holes) and holes[k][1] < a:
+            k += 1
+        lo, h = a, k
+        while h < len(holes) and holes[h][0] <= b:
+            if holes[h][0] > lo:
+                yield lo, holes[h][0] - 1
+            lo = max(lo, holes[h][1] + 1)
+            h += 1
+        if lo <= b:
+            yield lo, b
+
+
+def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for a, b in sorted(ranges):
+        if out and a <= out[-1][1] + 1:
+            if b > out[-1][1]:
+                out[-1] = (out[-1][0], b)
+        else:
+            out.append((a, b))
+    return out
+
+
+def frame_file(pattern: str, frame: int, padding: int, negative_digits: bool = False) -> str:
+    """The file of one frame of a sequence's printf pattern (see ``Publish.negative_digits``)."""
+    if frame < 0 and negative_digits and padding:
+        return fill_pattern(pattern, "-" + f"{-frame:0{padding}d}")
+    return pattern % frame
+
+
+def fill_pattern(pattern: str, text: str) -> str:
+    """A printf pattern (one frame token, other ``%`` doubled) with ``text`` where the token is."""
+    i = 0
+    while i < len(pattern):
+        if pattern[i] == "%":
+            if pattern.startswith("%%", i):
+                i += 2
+                continue
+            end = pattern.index("d", i) + 1
+            return (pattern[:i] + "%s" + pattern[end:]) % text
+        i += 1
+    return pattern.replace("%%", "%")

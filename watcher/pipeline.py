@@ -16,15 +16,17 @@ import time
 from dataclasses import replace
 from typing import Any, Callable, Iterator
 
-from .candidate import Candidate, build_publish, candidate_key
+from .candidate import Candidate, build_publish, candidate_key, publish_path, seq_padding
 from .completion import READY, Answer, Decision, TrackerLookup, Verdict, decide, marker_path
 from .events import DirListed, Event, FsEvent, Kind, ScanDone
-from .errors import JournalError
+from .host import WriterProbe, WriterProbes
 from .ignore import COOKIE_PREFIX
-from .journal.base import FileRecord, Row, Status, TransitionError
+from .journal.base import FileRecord, JournalUnavailable, Row, Status, TransitionError
 from .journal.ledger import Journal
 from .model import Publish
-from .roots import Refusal, RootRuntime
+from .names import respelled, shown
+from .observe import DirPoller
+from .roots import Refusal, RootRuntime, spellings
 from .scan import Scanner, ScanStats, walk
 from .settle import Settler
 from .unmatched import UnmatchedLog
@@ -36,6 +38,13 @@ log = logging.getLogger("watcher")
 # are treated as synthetic: no close event may ever follow them.
 NEW_DIR_WINDOW = 2.0
 BATCH = 2000  # events handled before the settler is asked what is due
+# One candidate that fails on its own (building its publish, deciding, journaling it) is tried
+# again alone after FAULT_BASE, 2x, 4x... (capped at FAULT_CAP) seconds, and parked after MAX_TRIES
+# attempts; the journal's own faults (locked, full, read-only) follow the journal's backoff.
+FAULT_BASE = 1.0
+FAULT_CAP = 60.0
+MAX_TRIES = 5
+PARKED_SHOWN = 100  # parked candidates listed in the status file (the newest)
 
 
 class KeyCache:
@@ -46,7 +55,9 @@ class KeyCache:
         self._size = size
 
     def key(self, root: str, m: Any) -> str:
-        fk = (root, m.template, m.padding, m.frame is None,
+        if m.frame is None:  # a single file: nobody shares its key
+            return candidate_key(root, m)
+        fk = (root, m.template, seq_padding(m),
               tuple(sorted((k, v) for k, v in m.fields.items() if k != m.frame_key)))
         key = self._keys.get(fk)
         if key is None:
@@ -60,7 +71,8 @@ class Pipeline(threading.Thread):
     def __init__(self, roots: dict[str, RootRuntime], events: "queue.Queue[Event]", settler: Settler,
                  scanner: Scanner, journal: Journal, on_journaled: Callable[[], None], *,
                  max_settling: int = 500_000, unmatched: UnmatchedLog | None = None,
-                 ranges: TrackerLookup | None = None, versions: TrackerLookup | None = None) -> None:
+                 ranges: TrackerLookup | None = None, versions: TrackerLookup | None = None,
+                 probes: WriterProbes | None = None) -> None:
         super().__init__(name="pipeline", daemon=True)
         self.roots = roots
         self.events = events
@@ -72,6 +84,10 @@ class Pipeline(threading.Thread):
         self.max_settling = max_settling
         self.ranges = ranges  # the tracker's frame ranges (expect_frames: tracker)
         self.versions = versions  # the versions the tracker holds per publish stream (new_version)
+        # whether a writer still holds a file, where no close event says it (macOS, Windows,
+        # polled roots); the settler asks at each deadline, this thread again as it journals
+        self.probes = probes or WriterProbes()
+        settler.probe_for = self._writer_probe
         self._held: dict[str, dict[str, Any]] = {}  # candidate key -> what it waits for
         self._markers: set[str] = set()  # done markers held candidates wait for: never candidates
         self.held_view: tuple[dict[str, Any], ...] = ()  # a snapshot for the status file (other threads)
@@ -90,6 +106,14 @@ class Pipeline(threading.Thread):
         self._cookies: dict[str, threading.Event] = {}
         self._cookie_n = 0
         self._lock = threading.Lock()  # guards _cookies (sync() runs on other threads)
+        self.fault_base, self.fault_cap, self.max_tries = FAULT_BASE, FAULT_CAP, MAX_TRIES
+        self._tries: dict[str, int] = {}  # candidate key -> its own failed attempts so far
+        self._waiting: set[str] = set()  # keys kept in memory while the journal takes no writes
+        self._parked: dict[str, dict[str, Any]] = {}  # key -> why it was parked (status), oldest first
+        self.parked_total = 0
+        self.journal_waiting = 0  # len(_waiting) for other threads (status, `scan`)
+        self.parked_view: tuple[dict[str, Any], ...] = ()
+        self._unmatched_error: str | None = None
 
     @property
     def unmatched(self) -> dict[str, int]:
@@ -100,6 +124,7 @@ class Pipeline(threading.Thread):
     def stop(self) -> None:
         self._halt.set()
         self._flowing.set()
+        self.journal.db.stop_waiting()  # a journal locked by another process must not hold up the stop
 
     def pause(self) -> None:
         """Stop taking events until ``resume()`` (the queue fills, as behind a slow disk)."""
@@ -134,8 +159,9 @@ class Pipeline(threading.Thread):
             self._flowing.wait()
             try:
                 self.step()
-            except Exception:
-                log.exception("pipeline: unexpected error; continuing")
+            except Exception as exc:  # noqa: BLE001 - the pipeline outlives any one failure
+                log.error("pipeline: unexpected error: %s: %s; continuing", type(exc).__name__, shown(str(exc)))
+                log.debug("pipeline failure", exc_info=True)
 
     def step(self) -> None:
         nxt = self.settler.next_deadline()
@@ -148,6 +174,10 @@ class Pipeline(threading.Thread):
         while ev is not None:
             try:
                 self.handle(ev)
+            except Exception as exc:  # noqa: BLE001 - one event's trouble is that file's alone
+                log.error("pipeline: cannot handle the event for %s: %s: %s (the file is looked at again at its next "
+                          "event or scan)", shown(str(getattr(ev, "path", ev.root))), type(exc).__name__, shown(str(exc)))
+                log.debug("event failure", exc_info=True)
             finally:
                 self.events.task_done()
             n += 1
@@ -159,17 +189,36 @@ class Pipeline(threading.Thread):
                 break
         due = self.settler.due()
         if due:
-            self.commit(due)
+            try:
+                self.commit(due)
+            except Exception as exc:  # noqa: BLE001 - a bug in commit: nothing due is dropped
+                log.error("pipeline: unexpected error while journaling %d candidate(s): %s: %s; they stay in memory and "
+                          "are tried again", len(due), type(exc).__name__, shown(str(exc)))
+                log.debug("commit failure", exc_info=True)
+                for cand in due:
+                    if not self.settler.settling(cand.key):
+                        self.settler.hold(cand, self.fault_cap)
+        if self._tries or self._waiting:  # journaled, or their files went away
+            self._tries = {k: n for k, n in self._tries.items() if self.settler.settling(k)}
+            self._waiting = {k for k in self._waiting if self.settler.settling(k)}
+        self.journal_waiting = len(self._waiting)
         if self._held:
             for key in [k for k in self._held if not self.settler.settling(k)]:  # its files went away
                 self._markers.discard(self._held.pop(key)["marker"])
             self.held_view = tuple({k: v for k, v in h.items() if k != "marker"} for h in self._held.values())
         else:
             self.held_view = ()
-        try:
-            self.unmatched_log.flush()
-        except JournalError as exc:  # kept for the next flush
-            log.warning("journal: cannot record unmatched files: %s", exc)
+        if self.journal.health.retry_in() == 0:  # not while this thread waits for the journal
+            try:
+                self.unmatched_log.flush()  # what it cannot write is kept for the next flush
+            except JournalUnavailable:
+                pass  # said once by the journal
+            except Exception as exc:  # noqa: BLE001
+                if str(exc) != self._unmatched_error:
+                    log.warning("journal: cannot record unmatched files: %s", shown(str(exc)))
+                self._unmatched_error = str(exc)
+            else:
+                self._unmatched_error = None
         if self._deferred and self.settler.pending_files <= self.max_settling // 2:
             self._release_deferred()
 
@@ -184,9 +233,14 @@ class Pipeline(threading.Thread):
             self.scanner.synced(r.name, ev.losses)
             return
         k = ev.kind
-        if k in (Kind.CREATED, Kind.CLOSED, Kind.SEEN):
+        if k in (Kind.CREATED, Kind.CLOSED, Kind.SEEN, Kind.ARRIVED, Kind.MODIFIED):
             if k is Kind.SEEN:
                 self._listing.add(os.path.dirname(ev.path))
+                if self.settler.knows(ev.path) and not self.scanner.pending_for(r.name, r.path):
+                    # A scan re-finding a file whose events we get (the scan of a new folder):
+                    # nothing new, and a writer may still hold it. After lost events it counts,
+                    # since the file's close may have been among them.
+                    return
             self._file(r, ev.path, k, ev.synthetic)
         elif k is Kind.MOVED:
             self.settler.remove(ev.path)
@@ -198,13 +252,11 @@ class Pipeline(threading.Thread):
             if self.settler.remove(ev.path) is not None:
                 log.debug("%s deleted before it settled", ev.path)
         elif k is Kind.DIR_CREATED:
-            self._note_new_dir(ev.path)
             self.scanner.request(r.name, ev.path)
         elif k is Kind.DIR_MOVED:
             self.settler.remove_under(ev.path)
             self.unmatched_log.forget_under(ev.path)
             if ev.dest and r.relative(ev.dest) is not None:
-                self._note_new_dir(ev.dest)
                 self.scanner.request(r.name, ev.dest)
         elif k is Kind.DIR_DELETED:
             self.settler.remove_under(ev.path)
@@ -216,19 +268,17 @@ class Pipeline(threading.Thread):
             self._new_dirs = {d: t for d, t in self._new_dirs.items() if now - t < NEW_DIR_WINDOW}
         self._new_dirs[path] = now
 
-    def _in_new_dir(self, r: RootRuntime, path: str) -> bool:
-        if not self._new_dirs:
-            return False
-        now = time.monotonic()
-        d = os.path.dirname(path)
-        while len(d) > len(r.path):
-            t = self._new_dirs.get(d)
-            if t is not None and now - t < NEW_DIR_WINDOW:
-                return True
-            d = os.path.dirname(d)
-        return False
-
     def _file(self, r: RootRuntime, path: str, kind: Kind, synthetic: bool) -> None:
+        if kind is Kind.CLOSED and self.settler.knows(path):
+            # The close of a file admitted and matched at its create: only its stat is news (a
+            # file turned into a link or a FIFO since is dropped by the settler).
+            try:
+                st = os.lstat(path)
+            except OSError:
+                self.settler.remove(path)
+                return
+            self.settler.update(path, kind, st=st)
+            return
         rel = r.relative(path)
         if rel is None:
             return
@@ -243,23 +293,33 @@ class Pipeline(threading.Thread):
         st = r.admit(rel, path)
         if isinstance(st, Refusal):
             self.settler.remove(path)  # gone, or no longer a file we may publish
-            if st is Refusal.IGNORED:
-                self.unmatched_log.note(r.name, path, lambda: (None, Refusal.IGNORED.value))
+            if st.listed:  # said once per file: the note works its reason out once
+                self.unmatched_log.note(r.name, path, lambda: r.refused(path, st))
             else:
                 self.unmatched_log.forget(path)
             return
-        if kind is Kind.CREATED and not synthetic:
-            synthetic = self._in_new_dir(r, path)
+        if kind is Kind.CREATED and not synthetic and st.st_nlink > 1:
+            kind = Kind.ARRIVED  # a new hard link: written through another name, no close will come
         if self.settler.update(path, kind, synthetic=synthetic, st=st):
             return
         m = r.templates.match(rel)
         if not m:
-            self.unmatched_log.note(r.name, path, lambda: (m.closest, str(m)))  # worked out once per file
+            # worked out once per file; a decomposed (NFD) name failing a key is said, not only listed
+            self.unmatched_log.note(r.name, path,
+                                    lambda: r.unmatched_nfd(path, m) if respelled(rel) else (m.closest, str(m)))
             return
+        if m.placeholder:  # `beauty.####.exr`: a pattern, never a frame of the sequence beside it
+            self.unmatched_log.note(r.name, path, lambda: r.refused(path, Refusal.PLACEHOLDER))
+            return
+        key = self._keys.key(r.name, m) if m.publish is not None else None
+        if key is not None and not rel.isascii():  # the same name spelled NFC and NFD: one publish only
+            other = r.other_spelling(key, publish_path(r.path, m), self.journal.by_key, sequence=m.frame is not None)
+            if other is not None:
+                self.unmatched_log.note(r.name, path, lambda: r.refused(path, Refusal.SPELLING, spellings(other, path)))
+                return
         self.unmatched_log.forget(path)
-        if m.publish is None:
+        if key is None:
             return
-        key = self._keys.key(r.name, m)
         # Past the cap no new candidate starts; frames of a settling sequence still join it, so a
         # sequence is never split between memory and disk (a candidate's frames are what it needs).
         if self.settler.pending_files >= self.max_settling and not self.settler.settling(key):
@@ -273,61 +333,152 @@ class Pipeline(threading.Thread):
         """Settled candidates go into the journal (before anything is sent): the new ones in one
         transaction (group commit), those whose key is journaled already through the amend
         window and the root's republish policy. A candidate still missing a completion signal
-        (expected frames, a done marker, holes) is held, up to its max_wait."""
+        (expected frames, a done marker, holes) is held, up to its max_wait.
+
+        One bad candidate never costs another: each step is guarded per candidate, and one that
+        fails is tried again alone with backoff, then parked (``_failed``). While the journal
+        itself takes no writes (locked, full, read-only), every candidate stays in memory and is
+        tried again with the journal's backoff (``_journal_down``)."""
         ready: list[Candidate] = []
         for cand in cands:
-            if cand.is_sequence and self._incomplete_view(cand):
-                self.settler.hold(cand, 0.05)
-            elif self._restat(cand):
-                ready.append(cand)
+            try:
+                if cand.is_sequence and self._incomplete_view(cand):
+                    self.settler.hold(cand, 0.05)
+                elif self._restat(cand):
+                    ready.append(cand)
+            except Exception as exc:  # noqa: BLE001
+                self._failed(cand, None, exc)
         if not ready:
             return
-        try:
-            rows = self.journal.by_keys([c.key for c in ready])
-        except JournalError as exc:
-            self._journal_down(ready, exc)
+        wait = self.journal.health.retry_in()
+        if wait > 0:  # this thread found the journal unavailable: not before its backoff
+            self._journal_down(ready, wait)
             return
-        new: list[tuple[Candidate, Publish]] = []
-        refused: list[tuple[Candidate, Publish, str]] = []
+        rows = self._rows_of(ready)
+        if rows is None:
+            return
+        new: list[tuple[Candidate, Publish, str | None]] = []
         for cand in ready:
-            if cand.key in rows:
+            if cand.key not in rows or rows[cand.key] is not None:
                 continue
-            pub = build_publish(cand)
-            verdict = self._decide(cand, pub)
-            if verdict.decision is Decision.HOLD:
-                self._hold(cand, pub, verdict)
-            elif verdict.decision is Decision.REFUSE:
-                refused.append((cand, pub, verdict.reason))
-            else:
-                new.append((cand, pub))
-        try:
-            if new or refused:
-                added = self.journal.add_many([(pub, _records(c)) for c, pub in new]
-                                              + [(pub, _records(c)) for c, pub, _ in refused])
-                self.committed += sum(created for _, created in added)
-                for (cand, pub, reason), (row_id, created) in zip(refused, added[len(new):]):
-                    if created:
-                        self.journal.refuse(row_id, reason)
-                        log.error("%s%s: refused: %s (parked as failed; `watcher retry %d` once fixed)", pub.path,
-                                  f" [{pub.frames}]" if pub.frames else "", reason, row_id)
-                for cand, _pub in new:
-                    self._unhold(cand)
-                for cand, _pub, _reason in refused:
-                    self._unhold(cand)
-                self.on_journaled()
-        except JournalError as exc:
-            self._journal_down([c for c, _ in new] + [c for c, _, _ in refused], exc)
+            try:
+                pub = build_publish(cand)
+                verdict = self._decide(cand, pub)
+                if verdict.decision is Decision.HOLD:
+                    self._hold(cand, pub, verdict)
+                    continue
+            except Exception as exc:  # noqa: BLE001
+                self._failed(cand, None, exc)
+                continue
+            new.append((cand, pub, verdict.reason if verdict.decision is Decision.REFUSE else None))
+        known = [(c, r) for c in ready if (r := rows.get(c.key)) is not None]
+        if new and not self._add(new):
+            self._journal_down([c for c, _ in known])
             return
-        for cand in ready:
-            row = rows.get(cand.key)
-            if row is not None:
-                self._commit_known(cand, row)
+        for cand, row in known:
+            self._commit_known(cand, row)
 
-    def _journal_down(self, cands: list[Candidate], exc: Exception) -> None:
-        log.error("journal: cannot record %d settled candidate(s): %s; they stay in memory and are tried again "
-                  "in 5 s", len(cands), exc)
+    def _rows_of(self, ready: list[Candidate]) -> dict[str, Row | None] | None:
+        """Key -> the journal's row (None: new) for each candidate whose key could be looked up;
+        None when the journal is unavailable (every candidate is then kept for later)."""
+        try:
+            found = self.journal.by_keys([c.key for c in ready])
+        except JournalUnavailable:
+            self._journal_down(ready)
+            return None
+        except Exception as exc:  # noqa: BLE001 - one key the journal cannot take: asked one by one
+            if len(ready) == 1:
+                self._failed(ready[0], None, exc)
+                return {}
+            rows: dict[str, Row | None] = {}
+            for i, cand in enumerate(ready):
+                one = self._rows_of([cand])
+                if one is None:  # the journal went away meanwhile
+                    self._journal_down(ready[i + 1:])
+                    return rows
+                rows.update(one)
+            return rows
+        return {c.key: found.get(c.key) for c in ready}
+
+    def _add(self, new: list[tuple[Candidate, Publish, str | None]]) -> bool:
+        """Journal new candidates in one transaction (a refusal reason parks its row as failed in
+        it). A failure that is the journal's keeps them all in memory (False); any other splits
+        the batch, so that the candidate at fault is found and retried alone while the rest is
+        journaled."""
+        try:
+            added = self.journal.add_many([(pub, _records(c)) for c, pub, _ in new],
+                                          refuse={pub.key: why for _, pub, why in new if why is not None})
+        except JournalUnavailable:
+            self._journal_down([c for c, _, _ in new])
+            return False
+        except Exception as exc:  # noqa: BLE001 - one candidate's data (or a bug): found by splitting
+            if len(new) == 1:
+                self._failed(new[0][0], new[0][1], exc)
+                return True
+            for i, item in enumerate(new):
+                if not self._add([item]):
+                    self._journal_down([c for c, _, _ in new[i + 1:]])
+                    return False
+            return True
+        self.committed += sum(created for _, created in added)
+        for (cand, pub, why), (row_id, created) in zip(new, added):
+            if why is not None and created:
+                log.error("%s%s: refused: %s (parked as failed; `watcher retry %d` once fixed)", shown(pub.path),
+                          f" [{pub.frames}]" if pub.frames else "", why, row_id)
+            self._unhold(cand)
+        self.on_journaled()
+        return True
+
+    def _journal_down(self, cands: list[Candidate], wait: float | None = None) -> None:
+        """The journal takes no writes now (it has said why, once): the candidates stay in memory
+        and come back together after this thread's backoff, files arriving meanwhile joining them."""
+        delay = wait if wait is not None else (self.journal.health.retry_in() or self.fault_base)
         for cand in cands:
-            self.settler.hold(cand, 5.0)
+            self._waiting.add(cand.key)
+            self.settler.hold(cand, delay)
+        self.journal_waiting = len(self._waiting)
+
+    def _failed(self, cand: Candidate, pub: Publish | None, exc: BaseException) -> None:
+        """One candidate failed on its own: it alone is tried again with backoff, and parked once
+        it has failed ``max_tries`` times. Nothing else of its batch is touched."""
+        n = self._tries[cand.key] = self._tries.get(cand.key, 0) + 1
+        where = shown(pub.path if pub is not None else _where(cand))
+        why = shown(f"{type(exc).__name__}: {exc}")
+        log.debug("candidate %s failed", where, exc_info=exc)
+        if n < self.max_tries:
+            delay = min(self.fault_cap, self.fault_base * 2 ** (n - 1))
+            log.error("%s: cannot be journaled: %s; this candidate alone is tried again in %.0f s (attempt %d of %d)",
+                      where, why, delay, n, self.max_tries)
+            self.settler.hold(cand, delay)
+            return
+        self._park(cand, pub, where, f"not journaled after {n} attempts: {why}")
+
+    def _park(self, cand: Candidate, pub: Publish | None, where: str, reason: str) -> None:
+        """Give up on a candidate until its files change (or the next start): parked as a failed
+        row when the journal takes it (`watcher publishes --status failed`, `watcher retry`),
+        else listed with its reason in `watcher unmatched` and the status file."""
+        self._tries.pop(cand.key, None)
+        self._waiting.discard(cand.key)
+        self._unhold(cand)
+        self.parked_total += 1
+        if pub is not None:
+            try:
+                [(row_id, created)] = self.journal.add_many([(pub, _records(cand))], refuse={pub.key: reason})
+            except Exception:  # noqa: BLE001 - then it is listed below
+                pass
+            else:
+                log.error("%s: parked as failed: %s (`watcher retry %d` once fixed)", where, reason, row_id)
+                return
+        for path in cand.files:
+            self.unmatched_log.note(cand.scope.name, path, lambda: (cand.match.template, f"parked: {reason}"))
+        self._parked.pop(cand.key, None)
+        self._parked[cand.key] = {"path": where, "root": cand.scope.name, "files": len(cand.files),
+                                  "reason": reason, "at": time.time()}
+        while len(self._parked) > PARKED_SHOWN:
+            self._parked.pop(next(iter(self._parked)))
+        self.parked_view = tuple(self._parked.values())
+        log.error("%s: parked, not journaled: %s; listed in `watcher unmatched` and `watcher status`; tried anew "
+                  "when its files change or at the next start", where, reason)
 
     def _restat(self, cand: Candidate) -> bool:
         """Stat every file once more as it is journaled, so the journal never keeps a size that
@@ -351,7 +502,15 @@ class Pipeline(threading.Thread):
         if moved:
             self.settler.hold(cand, 0.0)  # its deadline is worked out again from the new changes
             return False
-        return True
+        return self.settler.writers_gone(cand)  # else held: a writer took it up again
+
+    def _writer_probe(self, cand: Candidate) -> WriterProbe | None:
+        """The probe for a candidate's root: none on a Linux root watched by inotify (its close
+        events answer), one on polled roots and on macOS and Windows (``WriterProbes``)."""
+        r = self.roots.get(cand.scope.name)
+        if r is None:
+            return None
+        return self.probes.for_root(polled=isinstance(r.observer, DirPoller))
 
     def _decide(self, cand: Candidate, pub: Publish) -> Verdict:
         if not cand.signals.any:
@@ -398,15 +557,17 @@ class Pipeline(threading.Thread):
                 return
             extra = {p: v for p, v in known.items() if p not in cand.files and os.path.exists(p)}
             pub = build_publish(cand, extra_files=extra)
+            if all(p in cand.left_out for p in changed):  # only strays or misspelled frames are new
+                self.journal.remember_files(row.id, files, "stray or misspelled frame(s) left out of the publish")
+                return
             if row.status in (Status.PENDING, Status.FAILED):  # not made yet: it is made as it is now
                 verdict = self._decide(cand, pub)
                 if verdict.decision is Decision.HOLD:
                     self._hold(cand, pub, verdict)
                     return
                 self._unhold(cand)
-                self.journal.replace(row.id, pub, files)
-                if verdict.decision is Decision.REFUSE:
-                    self.journal.refuse(row.id, verdict.reason)
+                self.journal.replace(row.id, pub, files,
+                                     refuse=verdict.reason if verdict.decision is Decision.REFUSE else None)
                 self.on_journaled()
                 return
             window = cand.signals.amend_window
@@ -422,9 +583,10 @@ class Pipeline(threading.Thread):
             self._republish(row, cand, files, extra, changed)
         except TransitionError:
             self.settler.hold(cand, 1.0)
-        except JournalError as exc:
-            log.error("journal: cannot record %s: %s; trying again in 5 s", row.publish.path, exc)
-            self.settler.hold(cand, 5.0)
+        except JournalUnavailable:
+            self._journal_down([cand])
+        except Exception as exc:  # noqa: BLE001 - this candidate's trouble alone
+            self._failed(cand, None, exc)
 
     def _defer(self, r: RootRuntime, path: str) -> None:
         if not self._deferred:
@@ -585,6 +747,14 @@ def _versions_on_disk(r: RootRuntime, m: Any, vfield: str) -> set[int]:
                 pass
             return found
     return set()
+
+
+def _where(cand: Candidate) -> str:
+    """A candidate's path for messages when its publish could not be built."""
+    try:
+        return publish_path(cand.scope.path, cand.match)
+    except Exception:  # noqa: BLE001 - whatever failed may fail here too
+        return min(cand.files) if cand.files else cand.key
 
 
 def _no_tracker_range(publish: Publish) -> Answer:

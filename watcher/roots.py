@@ -8,25 +8,64 @@ import os
 import stat as stat_mod
 from dataclasses import dataclass, field, replace
 from enum import Enum
-from typing import Any
+from typing import Any, Callable
+
+from cachetools import LRUCache
 
 from .candidate import RootScope, Windows
 from .completion import Signals
 from .config import RootSettings, Settings
+from .errors import JournalError
 from .ignore import Ignorer, inside
 from .match import TemplateSet, load_templates
+from .match.keys import PLACEHOLDER_NOTE
 from .model import Entity
+from .names import decodable, nfc
+from .paths import OSFamily, RootPath, current_os, lint_template
 
 log = logging.getLogger("watcher")
 
 
 class Refusal(Enum):
-    """Why a path never becomes a candidate (the words `explain` shows)."""
+    """Why a path never becomes a candidate (the words `explain` and `watcher unmatched` show)."""
 
-    IGNORED = "ignored: a hidden, temporary or partial name, or a root `ignore` glob"
+    IGNORED = ("ignored: a hidden, temporary or partial name, a file the OS leaves (Thumbs.db, desktop.ini, "
+               "~$ office locks), or a root `ignore` glob")
     ESCAPES = "a symlink resolving outside the root: never published"
     SYMLINK = "a symbolic link: never published itself (its target, when in a root, publishes under its own name)"
-    NOT_A_FILE = "not a regular file (a directory, FIFO, device or socket), or gone"
+    NOT_A_FILE = "gone (deleted or moved away), or not a file"
+    NOT_REGULAR = "not a regular file (a directory, FIFO, device or socket): never opened, never published"
+    NOT_UTF8 = ("its name is not valid UTF-8, so it cannot be stored or sent to a tracker: never published; "
+                "rename it (e.g. `convmv -f latin1 -t utf8`)")
+    PLACEHOLDER = PLACEHOLDER_NOTE
+    SPELLING = ("the same name as another file or folder in another Unicode spelling (composed NFC / decomposed "
+                "NFD), which is published under it: not published twice; rename or remove one of the two")
+
+    @property
+    def listed(self) -> bool:
+        """Shown in `watcher unmatched` (a file someone should look at, not one that went away)."""
+        return self in _LISTED
+
+
+_LISTED = frozenset({Refusal.IGNORED, Refusal.NOT_REGULAR, Refusal.NOT_UTF8, Refusal.PLACEHOLDER})
+
+
+def file_kind(mode: int) -> str:
+    """What a non-regular file is, in words (``explain``)."""
+    for test, what in ((stat_mod.S_ISDIR, "a directory"), (stat_mod.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat_mod.S_ISCHR, "a character device"), (stat_mod.S_ISBLK, "a block device"),
+                       (stat_mod.S_ISSOCK, "a socket"), (stat_mod.S_ISLNK, "a symbolic link")):
+        if test(mode):
+            return what
+    return "not a regular file"
+
+
+def spellings(published: str, path: str) -> str:
+    """Which of two paths that look alike is spelled how (``Refusal.SPELLING``'s detail)."""
+    def form(p: str) -> str:
+        return "composed, NFC" if nfc(p) == p else "decomposed, NFD"
+
+    return f"published as {published} ({form(published)}); this one is {form(path)}"
 
 
 @dataclass
@@ -40,6 +79,9 @@ class RootRuntime:
     windows: Windows
     path: str
     real: str
+    # the configured spelling on this OS (never resolved: P:\\ stays P:\\) and how its volume
+    # compares names (case probed when the roots load)
+    root: RootPath
     signals: Signals = field(default_factory=Signals)  # the root's defaults; rules may override
     observer: Any = None
     up: bool = True
@@ -47,6 +89,10 @@ class RootRuntime:
     last_rescan_reason: str | None = None
     escaped: set[str] = field(default_factory=set)
     _completion: dict[str, tuple[Windows, Signals]] = field(default_factory=dict, repr=False)
+    # candidate key -> the spelling on disk its publish has (pipeline thread only; see other_spelling)
+    _spellings: LRUCache = field(default_factory=lambda: LRUCache(maxsize=20_000), repr=False)
+    # (folder, reason) refusals said at WARNING (pipeline thread only; see refused)
+    _said: LRUCache = field(default_factory=lambda: LRUCache(maxsize=10_000), repr=False)
 
     @property
     def name(self) -> str:
@@ -78,17 +124,24 @@ class RootRuntime:
         return hit
 
     def relative(self, path: str) -> str | None:
-        """The path relative to the root, or None when it is not below it."""
-        return path[len(self.path) + 1:] if path.startswith(self.path + "/") else None
+        """The path relative to the root with ``/`` separators, or None when it is not below it.
+        Whether it is below follows the volume's rules (``\\`` and ``/``, drive and share roots,
+        case on a case-insensitive volume, NFC against NFD); the names keep the spelling the
+        event or scan gave, so a normalisation-sensitive volume (Linux) is asked for the file it
+        holds (keys compare in NFC: ``match``, ``other_spelling``)."""
+        return self.root.relative(path, normalise=False)
 
     def admit(self, rel: str, path: str) -> os.stat_result | Refusal:
-        """The stat of a file that may become a candidate, or why not: ignored names, anything
-        gone or not a regular file, and symlinks (those resolving outside the root are warned
-        about once). A link is never published itself: its target, when it is in a root, is
-        published under its own name, and the backends read only what they were given (they
-        never follow a link)."""
+        """The stat of a file that may become a candidate, or why not: ignored names, names that
+        are not UTF-8 (nothing downstream can store or send them), anything gone or not a regular
+        file (an ``lstat``: a FIFO or device is never opened), and symlinks (those resolving
+        outside the root are warned about once). A link is never published itself: its target,
+        when it is in a root, is published under its own name, and the backends read only what
+        they were given (they never follow a link)."""
         if self.ignorer.ignored(rel):
             return Refusal.IGNORED
+        if not decodable(rel):
+            return Refusal.NOT_UTF8
         try:
             st = os.lstat(path)
             if stat_mod.S_ISLNK(st.st_mode):
@@ -101,7 +154,57 @@ class RootRuntime:
                 return Refusal.SYMLINK
         except OSError:
             return Refusal.NOT_A_FILE
-        return st if stat_mod.S_ISREG(st.st_mode) else Refusal.NOT_A_FILE
+        return st if stat_mod.S_ISREG(st.st_mode) else Refusal.NOT_REGULAR
+
+    def refused(self, path: str, why: Refusal, detail: str = "") -> tuple[None, str]:
+        """The entry `watcher unmatched` lists for a refused file (no closest template, the
+        reason), called once per file and run by ``UnmatchedLog.note``. Said in the log too when
+        someone must act on it: at WARNING for the first file of a folder, at INFO for the next
+        (a folder of a thousand frames is one warning). The log's formatters escape the names
+        (control characters, bytes that are not UTF-8)."""
+        reason = why.value + (f" ({detail})" if detail else "")
+        if why is not Refusal.IGNORED:
+            self._say(path, why, reason)
+        return None, reason
+
+    def unmatched_nfd(self, path: str, miss: Any) -> tuple[str | None, str]:
+        """The entry of a decomposed (NFD) name that matches no template even composed (a key's
+        check refused it), said in the log too (as ``refused``): such names come from copies off a
+        Mac, and are easy to miss when they are only listed."""
+        self._say(path, None, f"decomposed (NFD) Unicode name, matched as composed (NFC), matches no template: "
+                              f"{miss.reason}")
+        return miss.closest, miss.reason
+
+    def _say(self, path: str, why: Refusal | None, text: str) -> None:
+        """``why`` None: an NFD name that matches no template."""
+        said = (os.path.dirname(path), why)
+        first = said not in self._said
+        self._said[said] = True
+        log.log(logging.WARNING if first else logging.INFO, "%s: %s%s", path, text,
+                "; other files of this folder like it are listed by `watcher unmatched`" if first else "")
+
+    def other_spelling(self, key: str, path: str, journaled: Callable[[str], Any], *,
+                       sequence: bool = False) -> str | None:
+        """The path, spelled otherwise in Unicode (NFC against NFD) but the same once composed,
+        under which candidate ``key`` is settling or published, when that one is still on disk;
+        None when ``path`` may go on. Names are keyed in NFC, so a shot folder copied from a Mac
+        next to its typed twin would otherwise join (or republish over) the other's publish.
+        ``path`` is the publish path (``candidate.publish_path``: a sequence's is its pattern, whose
+        folder is looked for); ``journaled(key)`` is the journal's row of the key or None. Only
+        names that are not ASCII can differ so."""
+        first = self._spellings.get(key)
+        if first is None:
+            try:
+                row = journaled(key)
+            except JournalError:
+                return None  # cannot tell now; the journal's own error is reported where it is written
+            first = row.publish.path if row is not None else path
+        if first != path and nfc(first) == nfc(path) \
+                and os.path.lexists(os.path.dirname(first) if sequence else first):  # the other is still there
+            self._spellings[key] = first
+            return first
+        self._spellings[key] = path
+        return None
 
 
 def tracker_project(settings: Settings) -> str | None:
@@ -121,14 +224,33 @@ def load_roots(settings: Settings, *, log_warnings: bool = True) -> list[RootRun
         ts = load_templates(rc.templates)
         for w in ts.warnings if log_warnings else ():
             log.warning("templates %s: %s", rc.templates, w)
+        if log_warnings and rc.observer_note:
+            log.info("%s", rc.observer_note)
         settle, seq = settings.settle_for(rc)
-        path = str(rc.path).rstrip("/")
+        root = RootPath.probed(str(rc.path))  # the spelling as configured: `P:\\` keeps its separator
+        path = root.spelling
+        for problem in _windows_lint(rc, ts):
+            ts.warnings.append(problem)
+            if log_warnings:
+                log.warning("templates %s", problem)
         roots.append(RootRuntime(
-            cfg=rc, templates=ts, ignorer=Ignorer(rc.ignore),
+            cfg=rc, templates=ts, ignorer=Ignorer(rc.ignore, case_insensitive=root.case_insensitive),
             scope=RootScope(rc.name, path, rc.project, Entity(rc.entity.type, rc.entity.name) if rc.entity else None,
                             tracker_project=tracker_project(settings), existing=rc.existing),
             windows=Windows(settle, seq, open_timeout=max(60.0, 6 * settle), first_frame_wait=settings.first_frame_wait,
                             pace_factor=settings.pace_factor, max_wait=settings.max_wait),
             signals=Signals(max_wait=settings.max_wait, amend_window=settings.amend_window),
-            path=path, real=os.path.realpath(path)))
+            path=path, real=os.path.realpath(path), root=root))
     return roots
+
+
+def _windows_lint(rc: RootSettings, ts: TemplateSet) -> list[str]:
+    """What a Windows machine could not write of a root's templates (forbidden characters,
+    reserved names, paths over 259 characters under the root's Windows spelling), when the root
+    is used from Windows: it has a Windows spelling, or this agent runs there. `check` lists
+    them with the template warnings."""
+    windows = rc.os_paths.get(OSFamily.WINDOWS) if rc.os_paths.by_os or current_os() is OSFamily.WINDOWS else None
+    if windows is None:
+        return []
+    return [f"{rc.templates}: {p} (on Windows)" for name, t in ts.templates.items()
+            for p in lint_template(name, t.definition, windows)]

@@ -12,6 +12,8 @@ from typing import Callable, Iterator
 
 from .events import DirListed, Event, FsEvent, Kind, ScanDone
 from .ignore import Ignorer
+from .journal.base import JournalUnavailable
+from .names import decodable
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +54,11 @@ def walk(name: str, root: str, ignorer: Ignorer, known: Callable[[str], dict[str
                         d, exc.strerror or exc)
             continue
         stats.dirs += 1
-        seen = known(d[base:])  # the journal's records of this directory (root-relative)
+        rel_dir = d[base:]
+        # the journal's records of this directory (root-relative); it holds none under a name that
+        # is not UTF-8 (it cannot store one: such files are refused at admission, the rest below
+        # still walked and published)
+        seen = known(rel_dir) if decodable(rel_dir) else {}
         found = False
         try:
             with it:
@@ -77,7 +83,8 @@ def walk(name: str, root: str, ignorer: Ignorer, known: Callable[[str], dict[str
                     yield FsEvent(name, Kind.SEEN, entry.path)
         except OSError as exc:  # the listing broke off (a stale NFS handle...): report, go on
             stats.errors += 1
-            log.warning("scan: listing %s broke off: %s (the rest is found by the next rescan)", d, exc.strerror or exc)
+            log.warning("scan: listing %s broke off: %s (the rest is found by the next rescan)", d,
+                        exc.strerror or exc)
         if found:
             yield DirListed(name, d)
 
@@ -183,8 +190,12 @@ class Scanner(threading.Thread):
                     # Behind every path this scan queued: the pipeline calls synced() when it
                     # gets here, so the root counts as in sync only once all of them are handled.
                     self._put(ScanDone(root, losses))
-            except Exception:
-                log.exception("scan %s: failed; it will be retried at the next rescan", root)
+            except JournalUnavailable as exc:
+                log.warning("scan %s: the journal cannot be read now (%s); retried at the next rescan", root, exc.reason)
+            except Exception as exc:  # noqa: BLE001 - a scan must never end the scanner thread
+                log.error("scan %s: failed (%s: %s); it will be retried at the next rescan", root,
+                          type(exc).__name__, exc)
+                log.debug("scan failure", exc_info=True)
             finally:
                 with self._cv:
                     self.busy = False

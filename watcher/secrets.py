@@ -23,6 +23,8 @@ def read_secret(value: SecretStr | None, file: Path | None, what: str, *, requir
             text = Path(file).expanduser().read_text(encoding="utf-8").strip()
         except OSError as exc:
             raise ConfigError(f"{what}_file: cannot read {file}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{what}_file: {file} is not UTF-8 text; put the secret in it as plain text") from None
         if not text:
             raise ConfigError(f"{what}_file: {file} is empty")
         return text

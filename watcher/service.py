@@ -13,7 +13,7 @@ import os
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from pydantic import ValidationError
 
@@ -24,6 +24,7 @@ from .config import Settings, env_overrides, format_validation, load_settings, p
 from .errors import ConfigError
 from .journal import open_journal
 from .journal.ledger import Journal
+from .journal.base import JournalError
 from .match import TemplateSet
 from .completion import TrackerLookup, entity_key, stream_key
 from .pipeline import Pipeline
@@ -31,6 +32,7 @@ from .publish import Backend, BackendContext, load_backend
 from .publish.workers import Publishers
 from .listener import Listener, WSGIApp
 from .metrics import CountingQueue, Metrics
+from .paths import InstanceLock, InstanceLockError, lock_path
 from .roots import RootRuntime, load_roots
 from .scan import Scanner
 from .settle import Settler
@@ -57,6 +59,21 @@ def check_state_dir(path: Path) -> None:
                           "or set state_dir (or StateDirectory= under systemd) to a folder it may write") from None
 
 
+def instance_lock(settings: Settings) -> InstanceLock | None:
+    """The agent's single-instance lock on its configuration file, acquired (``release()`` it
+    once the agent has stopped), or None without a configuration file (an embedded service).
+    Taken before anything else opens: a second agent touches no journal, port or status file.
+    Another agent holding it is a ``ConfigError`` naming that agent's pid (exit 2)."""
+    if settings.config_file is None:
+        return None
+    assert settings.state_dir is not None
+    cfg = str(settings.config_file)
+    try:
+        return InstanceLock(lock_path(str(settings.state_dir), cfg), cfg).acquire()
+    except InstanceLockError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def backend_settings(settings: Settings) -> tuple[type[Backend], Any]:
     """The backend class and its validated settings (``ConfigError`` naming the key)."""
     cls = load_backend(settings.tracker.backend)
@@ -67,12 +84,13 @@ def backend_settings(settings: Settings) -> tuple[type[Backend], Any]:
                                             env=_env_keys(), model=cls.Settings)) from None
 
 
-def make_backend(settings: Settings, roots: dict[str, Path], templates: list[TemplateSet] = ()) -> Backend:
+def make_backend(settings: Settings, roots: dict[str, Path], templates: Sequence[TemplateSet] = ()) -> Backend:
     cls, bs = backend_settings(settings)
     config_dir = settings.config_file.parent if settings.config_file else Path.cwd()
     types = tuple(dict.fromkeys(t for ts in templates for t in ts.publish_types()))
     return cls(bs, BackendContext(config_dir=config_dir, roots=roots, publish_types=types,
-                                  journal_url=settings.journal_url()))
+                                  journal_url=settings.journal_url(),
+                                  root_paths={r.name: r.os_paths for r in settings.roots}))
 
 
 class Service:
@@ -86,6 +104,9 @@ class Service:
         check_state_dir(settings.state_dir)
         self.roots = {r.name: r for r in load_roots(settings)}
         self.journal = journal or open_journal(settings.journal_url())
+        # journal outages are retried on the publish retry pace, capped low: nothing waits long
+        self.journal.health.configure(base=min(1.0, settings.retry_base_seconds),
+                                      cap=min(30.0, settings.retry_cap_seconds))
         self.backend = backend or make_backend(settings, {n: Path(r.path) for n, r in self.roots.items()},
                                                [r.templates for r in self.roots.values()])
         self.agent = new_agent_id()
@@ -284,7 +305,10 @@ class Service:
             return False
         if self.publishers.busy:
             return False
-        due = self.journal.next_due()
+        try:
+            due = self.journal.next_due()
+        except JournalError:  # a journal that cannot be read has work waiting
+            return False
         return due is None or due > time.time()
 
     def wait_idle(self, timeout: float | None = None, poll: float = 0.05) -> bool:
@@ -307,9 +331,17 @@ class Service:
     def health(self) -> dict[str, Any]:
         """The `watcher status` verdict for this agent (``/healthz``)."""
         h = self.settings.health
-        return health_mod.verdict(self.status(), self.journal.counts(), self.journal.oldest_pending(),
-                                  webhooks.summary(self.journal.db), h.max_pending_age,
+        counts, oldest, hooks = health_mod.journal_figures(self.journal, webhooks.summary)
+        return health_mod.verdict(self.status(), counts, oldest, hooks, h.max_pending_age,
                                   fail_on_failed=h.fail_on_failed)
+
+    def _watching(self, root: str) -> dict[str, Any]:
+        """What watches a root now: ``watching`` ("inotify", "fsevents", "windows", "polling"; empty
+        while nothing does), why a native root is polled, and how often its directory was replaced."""
+        w = self.supervisor.watching.get(root) if self.watch else None
+        if w is None:
+            return {"watching": "", "observer_fallback": None, "replaced": 0, "down_reason": None}
+        return {"watching": w.kind, "observer_fallback": w.fallback, "replaced": w.replaced, "down_reason": w.down}
 
     def status(self) -> dict[str, Any]:
         return {
@@ -319,13 +351,16 @@ class Service:
             "queue": self.queue.qsize(),
             "settling_candidates": len(self.settler), "settling_files": self.settler.pending_files,
             "held": list(self.pipeline.held_view),
+            "journal": {**self.journal.health.snapshot(), "candidates_waiting": self.pipeline.journal_waiting,
+                        "outcomes_waiting": self.publishers.unrecorded},
+            "parked": list(self.pipeline.parked_view),
             "publishing": self.publishers.busy, "published_this_run": self.publishers.published,
             "reloads": self.reloads, "webhooks_this_run": dict(self.deliverer.outcomes),
             "roots": {n: {"path": r.path, "up": r.up, "observer": r.cfg.observer, "rescans": r.rescans,
                           "last_rescan_reason": r.last_rescan_reason,
-                          "unmatched_files": self.pipeline.unmatched[n]}
+                          "unmatched_files": self.pipeline.unmatched[n], **self._watching(n)}
                       for n, r in list(self.roots.items())},
         }
 
 
-__all__ = ["Service", "make_backend", "check_state_dir", "QUEUE_SIZE"]
+__all__ = ["Service", "make_backend", "check_state_dir", "instance_lock", "QUEUE_SIZE"]

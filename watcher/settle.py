@@ -5,7 +5,12 @@ threads or sleeps.
 A file is complete when it has been unchanged (size and mtime) for the settle window and no
 writer is known to hold it (a real "created" without its "closed"). A sequence is complete when
 every frame is and no new frame arrived for the sequence window. Close events are hints that
-start the quiet window; the stat at the deadline is the proof."""
+start the quiet window; the stat at the deadline is the proof.
+
+Where no close event can tell (macOS, Windows, polled roots), the deadline also asks the OS
+whether a writer still holds each file (``probe_for``, a ``watcher.host.WriterProbe``): a busy
+file waits another settle window, one the OS cannot tell about waits twice the settle window in
+all, and a file held open but untouched for ``max_wait`` is taken as it is."""
 from __future__ import annotations
 
 import heapq
@@ -20,8 +25,17 @@ from typing import Any, Callable
 from .candidate import Candidate, FileState, RootScope, Windows
 from .completion import Signals
 from .events import Kind
+from .host import WriterProbe
+from .names import shown
 
 log = logging.getLogger(__name__)
+
+# A candidate whose writers were found gone this recently is not asked again as it is
+# journaled (the pipeline's restat), as a file stat'd this recently is not stat'd again.
+PROBED_FRESH = 0.05
+# A file a writer holds is asked again after its settle window, and never sooner than this
+# (``settle_seconds: 0`` must not turn the wait into a busy loop).
+BUSY_RECHECK = 1.0
 
 
 class Settler:
@@ -30,7 +44,8 @@ class Settler:
     writes its state."""
 
     def __init__(self, *, monotonic: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
-                 stat: Callable[[str], os.stat_result] = os.stat) -> None:
+                 stat: Callable[[str], os.stat_result] = os.stat,
+                 probe_for: Callable[[Candidate], WriterProbe | None] | None = None) -> None:
         self._cands: dict[str, Candidate] = {}
         self._by_path: dict[str, str] = {}
         self._heap: list[tuple[float, int, str]] = []
@@ -39,6 +54,11 @@ class Settler:
         self._wall = wall
         self._stat = stat
         self.holds = 0  # settled candidates put back by hold() (metrics)
+        # the probe asked whether a writer holds a candidate's files (None: none for its root,
+        # nothing asked); the pipeline sets it, since it knows how each root is watched
+        self.probe_for = probe_for
+        self._cleared: dict[str, float] = {}  # key -> when its writers were last found gone
+        self.writer_waits = 0  # times a file was found held by a writer at its deadline (metrics)
 
     def __len__(self) -> int:
         return len(self._cands)
@@ -60,6 +80,7 @@ class Settler:
         self._cands.clear()
         self._by_path.clear()
         self._heap.clear()
+        self._cleared.clear()
         return out
 
     # -- input -------------------------------------------------------------------------------
@@ -84,8 +105,9 @@ class Settler:
     def _touch(self, known: Candidate, path: str, frame: int | None, kind: Kind, *,
                synthetic: bool = False, st: os.stat_result | None = None) -> None:
         """Record what happened to one file of a candidate: ``CREATED`` (real or synthetic),
-        ``CLOSED`` (close-write), ``MOVED`` (renamed into place: complete), ``SEEN`` (found by
-        a scan: its mtime tells its age)."""
+        ``CLOSED`` (close-write), ``MOVED``/``ARRIVED`` (renamed or linked into place: complete),
+        ``MODIFIED`` (written, where no close will tell), ``SEEN`` (found by a scan: its mtime
+        tells its age)."""
         now = self._mono()
         f = known.files.get(path)
         if f is None:
@@ -114,13 +136,15 @@ class Settler:
             f.open = False
         else:
             same = (st.st_size, st.st_mtime_ns) == (f.size, f.mtime_ns)
-            if kind is Kind.CREATED and not is_new and same:
-                return  # a duplicate create (watchdog's walk of a new directory): nothing changed
+            if not is_new and same and (synthetic or kind is Kind.MODIFIED):
+                # nothing changed: watchdog's walk of a new directory reporting a file again, or
+                # a write event that wrote nothing. A real create after one is a writer at work.
+                return
             f.changed_at = now
             if kind is Kind.CREATED and not synthetic:
                 f.open = True
-            elif kind in (Kind.CLOSED, Kind.MOVED):
-                f.open = False
+            elif kind in (Kind.CLOSED, Kind.MOVED, Kind.ARRIVED):
+                f.open = False  # closed, or renamed or linked into place: complete
         f.size, f.mtime_ns, f.checked_at = st.st_size, st.st_mtime_ns, now
         if is_new:
             # The pace of a sequence arriving: the longest gap between a frame and the one before
@@ -142,6 +166,7 @@ class Settler:
         cand.files.pop(path, None)
         if not cand.files:
             self._cands.pop(key, None)
+            self._cleared.pop(key, None)
             return cand
         # No reschedule (O(n)): losing a file can only bring the deadline forward, and due()
         # recomputes it when the scheduled entry pops.
@@ -218,6 +243,10 @@ class Settler:
                 self._schedule(cand)
                 continue
             if self._verify(cand, now):
+                later = self._writers(cand, now)
+                if later > now:  # a writer holds a file, or the OS cannot tell: not yet
+                    self._schedule(cand, later)
+                    continue
                 self._cands.pop(key, None)
                 for p in cand.files:
                     self._by_path.pop(p, None)
@@ -225,6 +254,57 @@ class Settler:
             elif cand.key in self._cands:
                 self._schedule(cand)
         return ready
+
+    def writers_gone(self, cand: Candidate) -> bool:
+        """Asked again just before ``cand`` (handed over by ``due``) is journaled: True when no
+        writer holds its files; else it is put back (``hold``) to wait for them. A candidate
+        whose writers ``due`` found gone a moment ago is not asked twice."""
+        now = self._mono()
+        if now - self._cleared.pop(cand.key, float("-inf")) < PROBED_FRESH:
+            return True
+        later = self._writers(cand, now)
+        if later <= now:
+            return True
+        self.hold(cand, later - now)
+        return False
+
+    def _writers(self, cand: Candidate, now: float) -> float:
+        """When ``cand`` may be taken as complete as far as its writers go: ``now`` (or earlier)
+        when nothing holds its files or its root has no probe (close events answer there),
+        else the end of another settle window. Each file is asked: busy, it is quiet from now on
+        (the stat-quiet window starts again), unless it has been untouched for ``max_wait``;
+        unknown, it must have been quiet for twice the settle window."""
+        probe = self.probe_for(cand) if self.probe_for is not None else None
+        if probe is None:
+            return now
+        w = cand.windows
+        later = now
+        for f in cand.files.values():
+            try:
+                busy = probe.busy(f.path)
+            except Exception as exc:  # noqa: BLE001 - a probe failing is a probe that cannot tell
+                log.debug("%s: the writer probe failed: %s: %s", shown(f.path), type(exc).__name__, shown(str(exc)))
+                busy = None
+            if busy:
+                untouched = self._wall() - f.mtime_ns / 1e9
+                if untouched >= w.max_wait:
+                    log.info("%s: still held open by a writer, but untouched for %.0f s (max_wait); taken as it is",
+                             shown(f.path), untouched)
+                    continue
+                wait = max(w.settle, BUSY_RECHECK)
+                log.debug("%s: a writer still holds it; waiting another %.1f s", shown(f.path), wait)
+                self.writer_waits += 1
+                f.changed_at = now  # its quiet window starts again
+                later = max(later, now + wait)
+            elif busy is None and now < f.changed_at + 2 * w.settle:
+                log.debug("%s: cannot tell whether a writer holds it; waiting until it has been quiet for %.1f s",
+                          shown(f.path), 2 * w.settle)
+                later = max(later, f.changed_at + 2 * w.settle)
+        if later <= now:
+            if len(self._cleared) > 10_000:  # handed over but never journaled (tests, a failed commit)
+                self._cleared.clear()
+            self._cleared[cand.key] = now
+        return later
 
     def _verify(self, cand: Candidate, now: float) -> bool:
         w = cand.windows

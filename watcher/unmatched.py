@@ -5,7 +5,8 @@ A dropped file that matches nothing leaves no INFO line; this is where it is fou
 per file, not per event (a file's ten events make one entry), bounded per root (the oldest
 entries are dropped and counted), and cheap on the pipeline's hot path: the reason (closest
 template, where matching stopped) is worked out only when an entry is new to this run or its
-root's templates changed, and writes are batched into one transaction per ``flush()``.
+root's templates changed, and writes are batched into one transaction per ``flush()``. A name
+that is not UTF-8 is stored escaped (``names.stored``: nothing else can hold it).
 
 ``UnmatchedLog`` belongs to the pipeline thread (no locks); the read functions below are for
 anyone holding a ``Database``."""
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Collection
 
 from .journal.ledger import Cursor, Database
+from .names import stored
 
 DEFAULT_LIMIT = 10_000  # entries kept per root
 Reason = Callable[[], "tuple[str | None, str]"]
@@ -137,16 +139,17 @@ class UnmatchedLog:
         roots = {u[0] for u in upserts.values()}
 
         def run(c: Cursor) -> list[str]:
-            for prefix in dirs:  # '/' + 1 is '0': the range is exactly the paths below prefix
+            for prefix in map(stored, dirs):  # '/' + 1 is '0': the range is exactly the paths below prefix
                 c.execute("DELETE FROM unmatched WHERE path >= ? AND path < ?", (prefix, prefix[:-1] + "0"))
             if deletes:
-                c.executemany("DELETE FROM unmatched WHERE path=?", [(p,) for p in sorted(deletes)])
+                c.executemany("DELETE FROM unmatched WHERE path=?", sorted((stored(p),) for p in deletes))
             if upserts:
                 c.executemany(
                     "INSERT INTO unmatched (path, root, arrived_at, updated_at, closest, reason) VALUES (?,?,?,?,?,?) "
                     "ON CONFLICT (path) DO UPDATE SET root=excluded.root, updated_at=excluded.updated_at, "
                     "closest=excluded.closest, reason=excluded.reason",
-                    [(p, r, at, at, closest, why) for p, (r, at, closest, why) in sorted(upserts.items())])
+                    sorted(((stored(p), r, at, at, closest, stored(why))
+                            for p, (r, at, closest, why) in upserts.items()), key=lambda row: row[0]))
             dropped: list[str] = []
             for root in sorted(roots):
                 n = c.execute("SELECT COUNT(*) FROM unmatched WHERE root=?", (root,)).fetchone()[0]

@@ -30,8 +30,9 @@ from typing import Any, Callable
 import requests
 
 from .agent import alive
-from .journal.base import Row
+from .journal.base import JournalError, JournalUnavailable, Row
 from .journal.ledger import Cursor, Database
+from .logs import hide_url_password
 from .publish.retry import backoff_delay
 
 log = logging.getLogger("watcher.webhooks")
@@ -106,8 +107,8 @@ def summary(db: Database) -> dict[str, Any]:
         "SELECT id, url, attempts, last_error FROM deliveries WHERE status<>? AND last_error IS NOT NULL "
         "ORDER BY id DESC LIMIT 1", (DeliveryStatus.DELIVERED.value,)).fetchone())
     out: dict[str, Any] = dict(counts)
-    out["last_error"] = ({"delivery": last[0], "url": last[1], "attempts": last[2], "error": last[3]}
-                         if last else None)
+    out["last_error"] = ({"delivery": last[0], "url": hide_url_password(last[1]), "attempts": last[2],
+                          "error": hide_url_password(last[3])} if last else None)
     return out
 
 
@@ -150,7 +151,8 @@ class Deliverer(threading.Thread):
                 (self.agent, DeliveryStatus.PENDING.value)))
         except Exception:
             log.warning("webhooks: could not release leased deliveries; they are sent again once the lease "
-                        "runs out", exc_info=True)
+                        "runs out")
+            log.debug("release failure", exc_info=True)
         self._session.close()
 
     # -- the thread --------------------------------------------------------------------------
@@ -158,12 +160,17 @@ class Deliverer(threading.Thread):
         try:
             self._recover()
         except Exception:
-            log.warning("webhooks: recovery of deliveries left by stopped agents failed", exc_info=True)
+            log.warning("webhooks: recovery of deliveries left by stopped agents failed; their leases run out instead")
+            log.debug("recovery failure", exc_info=True)
         while not self._halt.is_set():
             try:
                 d = self._claim()
-            except Exception:
-                log.exception("webhooks: claim failed; retrying in 5 s")
+            except JournalUnavailable:  # the journal says it is down (once); its backoff paces us
+                self._halt.wait(max(1.0, self.db.health.retry_in()))
+                continue
+            except Exception as exc:
+                log.error("webhooks: claim failed: %s; retrying in 5 s", exc)
+                log.debug("claim failure", exc_info=True)
                 self._halt.wait(5)
                 continue
             if d is None:
@@ -173,10 +180,16 @@ class Deliverer(threading.Thread):
             self._send(d)
 
     def _idle_wait(self) -> float:
-        due = self.db.read(lambda cur: cur.execute(
+        try:
+            due = self._next_due()
+        except JournalError:  # the claim that follows says so, paced by the journal's backoff
+            return IDLE_POLL
+        return IDLE_POLL if due is None else min(IDLE_POLL, max(0.01, due - self._clock()))
+
+    def _next_due(self) -> float | None:
+        return self.db.read(lambda cur: cur.execute(
             "SELECT MIN(next_attempt_at) FROM deliveries WHERE status=?",
             (DeliveryStatus.PENDING.value,)).fetchone()[0])
-        return IDLE_POLL if due is None else min(IDLE_POLL, max(0.01, due - self._clock()))
 
     def _recover(self) -> None:
         """Leases of agents that are gone (this host) are handed back at once."""
@@ -215,12 +228,12 @@ class Deliverer(threading.Thread):
         try:
             resp = self._session.post(d.url, data=body, headers=headers, timeout=self.timeout)
             if resp.status_code >= 300:
-                error = f"HTTP {resp.status_code}: {resp.text[:200]}"
+                error = hide_url_password(f"HTTP {resp.status_code}: {resp.text[:200]}")
         except requests.exceptions.SSLError as exc:
             error = f"TLS certificate check failed ({type(exc).__name__}); the receiver needs a certificate " \
                     "this machine trusts"
         except requests.RequestException as exc:
-            error = f"{type(exc).__name__}: cannot reach {d.url}"
+            error = f"{type(exc).__name__}: cannot reach {hide_url_password(d.url)}"
         now = self._clock()
         attempts = d.attempts + 1
         if error is None:

@@ -22,12 +22,16 @@ is one edit here (``Status`` + ``TRANSITIONS``) plus a migration."""
 from __future__ import annotations
 
 import json
+import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Protocol, TypeVar
 
+from cachetools import LRUCache
+
+from ..errors import JournalError
 from ..model import Publish, TrackerRef
-from .base import FileRecord, Row, Status, TransitionError
+from .base import FileRecord, JournalHealth, Probe, Row, Status, TransitionError
 
 T = TypeVar("T")
 
@@ -66,10 +70,13 @@ def dumps(obj: Any) -> str:
 
 
 class Database(ABC):
-    """Connections and locking for one database; the ledger runs every statement through it."""
+    """Connections and locking for one database; the ledger runs every statement through it.
+    A failure of the database itself (locked, full, read-only, unreachable) is raised as
+    ``JournalUnavailable`` and recorded in ``health``; anything else as ``JournalError``."""
 
     dialect: Dialect
     url: str  # for display: never holds a password
+    health: JournalHealth
 
     @abstractmethod
     def write(self, fn: Callable[[Cursor], T]) -> T:
@@ -85,6 +92,13 @@ class Database(ABC):
 
     @abstractmethod
     def schema_version(self) -> int: ...
+
+    @abstractmethod
+    def check(self) -> list[Probe]:
+        """`watcher check`: is the journal sound and writable now (each probe one line)."""
+
+    def stop_waiting(self) -> None:
+        """The agent is stopping: writes no longer wait for another process's lock."""
 
     @abstractmethod
     def close(self) -> None: ...
@@ -295,12 +309,48 @@ class Journal:
         self.url = db.url
         self._clock = clock
         self._j = db.dialect.to_json
+        # Publishes this process journaled, by their payload text: a claim of such a row reuses
+        # the object instead of decoding the JSON again (a burst claims what it just wrote).
+        # Keyed by the exact text, so a payload changed by anyone else is decoded afresh.
+        self._written: LRUCache[str, Publish] = LRUCache(maxsize=32768)
+        self._written_lock = threading.Lock()
         ensure_schema(db)
 
+    @property
+    def health(self) -> JournalHealth:
+        """Whether the journal takes writes now (shared by every thread of the agent)."""
+        return self.db.health
+
+    def check(self) -> list[Probe]:
+        """The database's own probes plus the schema version (`watcher check`)."""
+        out = self.db.check()
+        try:
+            version = self.schema_version()
+        except JournalError as exc:
+            return out + [Probe(False, "schema", str(exc))]
+        return out + [Probe(version == SCHEMA_VERSION, "schema", f"version {version}" if version == SCHEMA_VERSION
+                            else f"version {version}, this watcher uses {SCHEMA_VERSION}")]
+
     # -- plumbing ----------------------------------------------------------------------------
+    def _payload(self, publish: Publish) -> Any:
+        """The payload column's value for ``publish``, remembered for the claim that follows."""
+        value = self._j(publish.to_dict())
+        if isinstance(value, str):
+            with self._written_lock:
+                self._written[value] = publish
+        return value
+
+    def _publish_of(self, value: Any) -> Publish:
+        if isinstance(value, str):
+            with self._written_lock:
+                known = self._written.get(value)
+            if known is not None:
+                return known
+        return Publish.from_dict(self.db.dialect.from_json(value))
+
     def _row(self, r: tuple[Any, ...]) -> Row:
         load = self.db.dialect.from_json
-        return Row(id=r[0], key=r[1], status=Status(r[2]), publish=Publish.from_dict(load(r[3])), attempts=r[4],
+        return Row(id=r[0], key=r[1], status=Status(r[2]), publish=self._publish_of(r[3]), attempts=r[4],
                    uncertain=bool(r[5]), last_error=r[6], next_attempt_at=r[7], tracker=r[8], tracker_id=r[9],
                    tracker_url=r[10], state=(load(r[11]) if r[11] else None) or {}, created_at=r[12],
                    updated_at=r[13], published_at=r[14], revision=r[15], adopted=bool(r[16]))
@@ -350,17 +400,23 @@ class Journal:
         [(row_id, created)] = self.add_many([(publish, list(files))])
         return self.db.read(lambda cur: self._get(cur, row_id)), created
 
-    def add_many(self, items: list[tuple[Publish, list[FileRecord]]]) -> list[tuple[int, bool]]:
+    def add_many(self, items: list[tuple[Publish, list[FileRecord]]], *,
+                 refuse: dict[str, str] | None = None) -> list[tuple[int, bool]]:
         """``add`` for a batch, in one transaction (group commit): [(row id, created)].
 
         A publish whose ``arrived`` is set (its root says ``existing: baseline``) and older than
         the journal's first sight of its root predates watcher: it is recorded as ``baseline``,
         never published. The first sight is the first agent start that watched the root
-        (``heartbeat``), or now when none is recorded yet."""
+        (``heartbeat``), or now when none is recorded yet. A new row whose key is in ``refuse``
+        is parked as ``failed`` with that reason in the same transaction (``holes: refuse``, a
+        candidate that cannot be published as it is)."""
         def run(cur: Cursor) -> list[tuple[int, bool]]:
             out = self._insert(cur, items)
             cutoffs: dict[str, float] = {}
             for (publish, _files), (row_id, created) in zip(items, out):
+                if created and refuse and publish.key in refuse:
+                    self._move(cur, "refuse", row_id, (refuse[publish.key],), message=refuse[publish.key])
+                    continue
                 if not created or publish.arrived is None:
                     continue
                 if publish.root not in cutoffs:
@@ -409,7 +465,7 @@ class Journal:
             rows = cur.execute(
                 "INSERT INTO publishes (key, status, payload, created_at, updated_at, next_attempt_at) VALUES "
                 + ",".join("(?,?,?,?,?,?)" for _ in chunk) + " ON CONFLICT (key) DO NOTHING RETURNING id, key",
-                [x for p in chunk for x in (p.key, Status.PENDING.value, self._j(p.to_dict()), now, now, now)]).fetchall()
+                [x for p in chunk for x in (p.key, Status.PENDING.value, self._payload(p), now, now, now)]).fetchall()
             created.update((key, rid) for rid, key in rows)
         held = [p.key for p in firsts if p.key not in created]
         known: dict[str, int] = {}
@@ -441,14 +497,18 @@ class Journal:
                         [(row_id, now, Status.PENDING.value, None) for row_id, was_created in out if was_created])
         return out
 
-    def replace(self, row_id: int, publish: Publish, files: Iterable[FileRecord], *, revision: int | None = None) -> Row:
-        """Put a published/failed/pending row back to ``pending`` with a new payload."""
+    def replace(self, row_id: int, publish: Publish, files: Iterable[FileRecord], *, revision: int | None = None,
+                refuse: str | None = None) -> Row:
+        """Put a published/failed/pending row back to ``pending`` with a new payload (parked as
+        ``failed`` with ``refuse``, in the same transaction, when it may not publish as it is)."""
         files = list(files)
 
         def run(cur: Cursor) -> Row:
-            self._move(cur, "replace", row_id, (self._j(publish.to_dict()), self._clock(), revision),
+            self._move(cur, "replace", row_id, (self._payload(publish), self._clock(), revision),
                        message="files changed: republish")
             self._files(cur, row_id, files)
+            if refuse is not None:
+                self._move(cur, "refuse", row_id, (refuse,), message=refuse)
             return self._get(cur, row_id)
 
         return self.db.write(run)
@@ -549,14 +609,34 @@ class Journal:
         self.db.write(lambda cur: cur.execute("UPDATE publishes SET state=?, updated_at=? WHERE id=?",
                                               (self._j(state), self._clock(), row_id)))
 
-    def recover(self, agent: str, now: float, alive: Callable[[str], bool]) -> int:
-        """Return ``publishing`` rows of dead agents (or expired leases) to ``pending``, uncertain."""
+    def recover(self, agent: str, now: float, alive: Callable[[str], bool], *,
+                holding: Callable[[], Iterable[int]] | None = None, orphaned_after: float = 0.0) -> int:
+        """Return ``publishing`` rows of dead agents (or expired leases) to ``pending``, uncertain.
+
+        With ``holding`` (the ids this agent works on now, asked inside the transaction), rows
+        of ``agent`` itself that it does not hold are taken back too, once their lease was last
+        set ``orphaned_after`` seconds ago: a claim whose transaction failed as far as we know,
+        but landed (a connection lost during the commit), would otherwise stay ``publishing``
+        for the agent's lifetime."""
+        lease_seconds = orphaned_after
+
         def run(cur: Cursor) -> int:
             moved = 0
-            rows = cur.execute(f"SELECT id, agent, lease_until FROM publishes WHERE status=? ORDER BY id"
+            rows = cur.execute(f"SELECT id, agent, lease_until, updated_at FROM publishes WHERE status=? ORDER BY id"
                                f"{self.db.dialect.lock_rows}", (Status.PUBLISHING.value,)).fetchall()
-            for row_id, owner, lease in rows:
-                if owner == agent or (owner and alive(owner) and (lease or 0) > now):
+            held = set(holding()) if holding is not None else None
+            for row_id, owner, lease, updated in rows:
+                if owner == agent:
+                    if held is None or row_id in held or (updated or 0) > now - lease_seconds:
+                        continue
+                    try:
+                        self._move(cur, "recover", row_id, (now,),
+                                   message="recovered from this agent: its claim was not held (a journal error)")
+                    except TransitionError:
+                        continue
+                    moved += 1
+                    continue
+                if owner and alive(owner) and (lease or 0) > now:
                     continue
                 why = "lease expired" if (lease or 0) <= now else "agent gone"
                 try:

@@ -29,6 +29,7 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb
 
 from ..errors import JournalError
+from .base import Fault, JournalHealth, JournalUnavailable, Probe
 from .ledger import Database, Dialect, Journal, dumps
 
 log = logging.getLogger(__name__)
@@ -141,6 +142,7 @@ class PostgresDatabase(Database):
         self._local = threading.local()
         self._conns: list[tuple[threading.Thread, psycopg.Connection[Any]]] = []
         self._lock = threading.Lock()
+        self.health = JournalHealth()
 
     # -- connections -------------------------------------------------------------------------
     def _connect(self) -> psycopg.Connection[Any]:
@@ -151,8 +153,8 @@ class PostgresDatabase(Database):
         except psycopg.Error as exc:
             who = f" as user {self._user}" if self._user else ""
             reason = " ".join(_scrub(str(exc), self._secrets).split())
-            raise JournalError(
-                f"journal: cannot connect to {self._where}{who}: {reason} -- check that the server is running and "
+            raise JournalUnavailable(Fault.UNREACHABLE,
+                f"cannot connect to {self._where}{who}: {reason} -- check that the server is running and "
                 "reachable from this machine (host, port, firewall, pg_hba.conf), that the database exists, and the "
                 "user and password (WATCHER_JOURNAL, PGPASSWORD or ~/.pgpass)") from None
 
@@ -177,11 +179,21 @@ class PostgresDatabase(Database):
         if getattr(self._local, "conn", None) is conn:
             self._local.conn = None
 
-    def write(self, fn: Callable[[Any], T]) -> T:
+    def write(self, fn: Callable[[Any], T], *, on_write: bool = True) -> T:
         """Run ``fn`` in one transaction. A deadlock or serialization failure rolls everything
         back, so it is retried; so is a connection found dead before the commit was sent (the
         server restarted, an idle connection was cut). A connection lost *during* the commit is
-        not retried: its outcome is unknown, and the error says so."""
+        not retried: its outcome is unknown, and the error says so. The server's own trouble
+        (unreachable, disk full, read-only, lock timeouts) is ``JournalUnavailable``."""
+        try:
+            result = self._attempts(fn)
+        except JournalUnavailable as exc:
+            self.health.failed(exc, on_write=on_write)
+            raise
+        self.health.succeeded(on_write=on_write)
+        return result
+
+    def _attempts(self, fn: Callable[[Any], T]) -> T:
         for attempt in range(4):
             conn = self._conn()
             committing = False
@@ -203,15 +215,47 @@ class PostgresDatabase(Database):
                     continue
                 what = "while committing (the change may or may not have been saved)" if committing else ""
                 reason = " ".join(_scrub(str(exc), self._secrets).split())
-                raise JournalError(f"journal: {self._where}: {reason} {what}".strip()) from None
+                fault = _fault(exc) or Fault.UNREACHABLE
+                raise JournalUnavailable(fault, f"{self._where}: {reason} {what}".strip()) from None
             except psycopg.Error as exc:
                 if conn.broken:
                     self._drop(conn)
-                raise JournalError(f"journal: {self._where}: {' '.join(_scrub(str(exc), self._secrets).split())}") from None
+                reason = " ".join(_scrub(str(exc), self._secrets).split())
+                trouble = _fault(exc)
+                if trouble is not None:
+                    raise JournalUnavailable(trouble, f"{self._where}: {reason}") from None
+                raise JournalError(f"journal: {self._where}: {reason}") from None
         raise AssertionError("unreachable")
 
     def read(self, fn: Callable[[Any], T]) -> T:
-        return self.write(fn)
+        return self.write(fn, on_write=False)
+
+    def check(self) -> list[Probe]:
+        """`watcher check`: the server answers, the schema is this watcher's, and this role may
+        write (a read-only server or role, a standby, is a failure)."""
+        def probe(cur: Any) -> tuple[int, str, bool]:
+            version = cur.execute("SELECT COALESCE(MAX(version), 0) FROM watcher_schema").fetchone()[0]
+            read_only = cur.execute("SHOW transaction_read_only").fetchone()[0]
+            standby = cur.execute("SELECT pg_is_in_recovery()").fetchone()[0]
+            return version, read_only, standby
+
+        try:
+            version, read_only, standby = self.read(probe)
+        except JournalError as exc:
+            return [Probe(False, "server", str(exc))]
+        out = [Probe(True, "server", f"{self._where} answers")]
+        if standby or read_only == "on":
+            out.append(Probe(False, "writable", f"{self._where} takes no writes ("
+                             + ("a standby server" if standby else "default_transaction_read_only is on")
+                             + "); point `journal` at the primary, or turn read-only off for this role or database"))
+        else:
+            try:
+                self.write(lambda cur: cur.execute("SELECT 1 FROM publishes WHERE false FOR UPDATE"))
+            except JournalError as exc:
+                out.append(Probe(False, "writable", str(exc)))
+            else:
+                out.append(Probe(True, "writable", "a write transaction went through"))
+        return out
 
     def migrate(self, steps: list[list[str]]) -> None:
         def run(cur: Any) -> None:
@@ -250,6 +294,20 @@ class PostgresDatabase(Database):
         for c in conns:
             _close(c)
         self._local = threading.local()
+
+
+def _fault(exc: psycopg.Error) -> Fault | None:
+    """The server's own trouble behind an error (None: the statement's or its data's)."""
+    state = getattr(exc, "sqlstate", None) or ""
+    if state == "53100":
+        return Fault.FULL
+    if state in ("25006", "42501"):  # read-only transaction; no privilege to write
+        return Fault.READ_ONLY
+    if state in ("55P03", "57014"):  # lock_timeout, statement_timeout
+        return Fault.LOCKED
+    if state.startswith(("08", "57P", "53", "58")) or isinstance(exc, psycopg.OperationalError):
+        return Fault.UNREACHABLE if state.startswith(("08", "57P")) or not state else Fault.OTHER
+    return None
 
 
 def _close(conn: psycopg.Connection[Any]) -> None:

@@ -29,7 +29,10 @@ _IGNORED = {"abstract", "subset", "subset_format"}
 
 # Frame placeholders a sequence key accepts in place of a number (Toolkit's frame specs).
 PLACEHOLDER_RE = r"%0?[0-9]*d|#+|@+|\$F[0-9]*|<UDIM>|\$UDIM"
-_FRAME_RE = r"-?[0-9]+"
+PLACEHOLDER_NOTE = ("a frame placeholder (####, %04d, $F4, @@@@, <UDIM>) stands where the frame number goes: a "
+                    "file literally named with a pattern is never a real frame, so it is never published; rename "
+                    "or remove it")
+_FRAME_RE = r"(?:-(?=[0-9]*[1-9])[0-9]+|[0-9]+)"  # "-0" is no frame: printf never writes it
 _UDIM_RE = r"[1-9][0-9]{3}"
 
 
@@ -263,6 +266,12 @@ class SequenceKey(IntKey):
             return placeholder_padding(text)
         return frame_padding(text, self.width)
 
+    def sequence_padding(self, text: str) -> int:
+        """The padding of the sequence this frame belongs to (see ``sequence_padding``)."""
+        if text[0] not in "-0123456789":
+            return placeholder_padding(text)
+        return sequence_padding(text, self.width)
+
 
 class TimestampKey(Key):
     """A date/time written with a strftime ``format_spec`` (Toolkit default
@@ -397,6 +406,18 @@ def frame_padding(text: str, width: int = 0) -> int:
     if width > 1 and len(text) >= width:
         return width
     return 0
+
+
+def sequence_padding(text: str, width: int = 0) -> int:
+    """The padding of the sequence a frame belongs to (what its candidate key holds), where
+    ``frame_padding`` is the printf width of this one text. They differ in one case: a negative
+    frame whose digits are zero-padded to the key's width (``-0003`` beside ``0002``, as some
+    writers pad the digits and not the sign; printf writes ``-003``) belongs to the sequence of
+    that width. Without a key width the two spellings cannot be told apart; printf's is used."""
+    p = frame_padding(text, width)
+    if width > 1 and text[0] == "-" and len(text) == width + 1 and p == width + 1:
+        return width
+    return p
 
 
 def printf_token(padding: int) -> str:

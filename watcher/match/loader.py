@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from ..errors import TemplateError
+from ..names import nfc
 from .keys import Key, KeyDefinitionError, make_key
 from .publish import PublishRule, RuleError
 from .template import (DefinitionError, KeyClashError, Template, UndefinedKeyError, Variant, expand_sections,
@@ -71,6 +72,7 @@ def read_yaml(path: Path) -> Any:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise TemplateError(f"{path}: cannot read template file: {e}") from None
+    text = nfc(text)  # paths are matched in NFC: literals and choices typed decomposed must agree
     try:
         return yaml.load(text, Loader=_Loader)  # noqa: S506 - SafeLoader subclass
     except yaml.YAMLError as e:

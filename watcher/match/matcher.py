@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .keys import Key, SequenceKey, StrKey, printf_token
+from ..names import nfc, respelled
+from .keys import PLACEHOLDER_NOTE, Key, SequenceKey, StrKey, printf_token
 from .loader import rule_targets
 from .publish import PublishRule, PublishSpec, SpecBuilder
 from .template import Probe, Template, Variant, render_tokens
@@ -31,9 +32,14 @@ _DEFAULT_RULE = PublishRule("*")
 
 @dataclass(frozen=True)
 class Match:
-    """A path that fits one template. ``fields`` are typed and include the frame key;
-    ``pattern`` is the path with the frame replaced by its printf token (``%04d``; other ``%``
-    doubled) or the path itself when there is no frame."""
+    """A path that fits one template. ``fields`` are typed and include the frame key; text
+    values are in the composed (NFC) spelling, whatever the path's own. ``relpath``,
+    ``frame_span`` and ``pattern`` are the path as it is on disk: ``pattern`` is it with the
+    frame replaced by its printf token (``%04d``; other ``%`` doubled), or the path itself when
+    there is no frame. ``seq_padding`` is the padding of the sequence the frame belongs to (the
+    candidate key's): ``padding`` but for a negative frame with zero-padded digits
+    (``-0003`` in a ``%04d`` sequence). A ``placeholder`` (``####``, ``%04d``...) in place of the
+    frame is a pattern, never a real frame: such a match never publishes (``publish`` None)."""
 
     template: str
     fields: dict[str, Any]
@@ -45,9 +51,18 @@ class Match:
     publish: PublishSpec | None
     placeholder: bool = False
     relpath: str = ""
+    seq_padding: int = 0
 
     def __bool__(self) -> bool:
         return True
+
+    def sequence_pattern(self) -> str:
+        """``pattern`` at the sequence's padding (they differ for a ``-0003`` frame only)."""
+        if self.seq_padding == self.padding or self.frame_span is None:
+            return self.pattern
+        s, e = self.frame_span
+        return (self.relpath[:s].replace("%", "%%") + printf_token(self.seq_padding)
+                + self.relpath[e:].replace("%", "%%"))
 
 
 _new = object.__new__
@@ -306,12 +321,20 @@ class TemplateSet:
 
     # ---- matching -------------------------------------------------------------------------
     def match(self, relpath: str) -> Match | Miss:
-        """Match a POSIX path relative to the root (no leading ``/``)."""
+        """Match a POSIX path relative to the root (no leading ``/``). A path spelled otherwise
+        than in composed Unicode (NFC: macOS and some copy tools write decomposed accents) is
+        matched, keyed and validated in NFC; the match keeps its spelling on disk for I/O."""
+        if not relpath.isascii() and respelled(relpath):
+            return self._respelled(relpath, self._match(nfc(relpath)))
+        return self._match(relpath)
+
+    def _match(self, relpath: str) -> Match | Miss:
         run = _LAST_RUN.match(relpath)
         if run is not None:  # another frame of a sequence seen before? (inlined: the hot path)
             s, e = run.span(1)
             hit = self._fcache.get(relpath[:s] + relpath[e:])
-            if hit is not None and hit.s == s and hit.n == e - s and hit.z == (relpath[s] == "0"):
+            if hit is not None and hit.s == s and hit.n == e - s and hit.z == (relpath[s] == "0") \
+                    and not (hit.sign and relpath[s:e].count("0") == e - s):  # "-00" is no frame
                 fs = s - hit.sign
                 frame = int(relpath[fs:e])
                 fields = hit.fields.copy()
@@ -349,7 +372,7 @@ class TemplateSet:
             _setattr(out, "__dict__", {
                 "template": alt.template, "fields": fields, "frame_key": None, "frame": None, "frame_span": None,
                 "padding": 0, "pattern": relpath, "publish": None if spec is None else spec(fields, relpath, None),
-                "placeholder": False, "relpath": relpath})
+                "placeholder": False, "relpath": relpath, "seq_padding": 0})
             return out
         result = self._finish(relpath, alt, fields, m)
         # checks that passed here pass for every same-shaped frame: digit_safe keeps value-checked
@@ -362,6 +385,31 @@ class TemplateSet:
                     self._fcache.clear()
                 self._fcache[relpath[:s] + relpath[e:]] = _FrameHit(result, sign, s, e - s, relpath[s] == "0")
         return result
+
+    def _respelled(self, raw: str, m: Match | Miss) -> Match | Miss:
+        """The match of a path's NFC spelling, carried back to the path as spelled on disk (the
+        frame span and pattern are positions in ``raw``)."""
+        if not isinstance(m, Match):
+            return m
+        d = dict(m.__dict__)
+        d["relpath"] = raw
+        if m.frame_span is None:
+            d["pattern"] = raw
+            return _make_match(d)
+        s, e = m.frame_span
+        composed, text = m.relpath, m.relpath[s:e]
+        i = raw.find(text)
+        while i >= 0:  # the frame (ASCII) splits both spellings at the same point
+            j = i + len(text)
+            if nfc(raw[:i]) == composed[:s] and nfc(raw[j:]) == composed[e:]:
+                d["frame_span"] = (i, j)
+                d["pattern"] = (raw[:i].replace("%", "%%") + printf_token(m.padding)
+                                + raw[j:].replace("%", "%%"))
+                return _make_match(d)
+            i = raw.find(text, i + 1)
+        return Miss(raw, closest=m.template,
+                    reason=f"matches {m.template} once its decomposed (NFD) accents are composed, but its frame "
+                           f"cannot be located in the name as spelled; rename it in composed (NFC) form")
 
     def _finish(self, relpath: str, alt: _Alt, fields: dict[str, Any], m: re.Match[str]) -> Match:
         """A Match whose template has a frame key."""
@@ -452,10 +500,12 @@ class TemplateSet:
             "matched": True, "template": m.template, "definition": self.templates[m.template].definition,
             "fields": {k: _jsonable(v) for k, v in m.fields.items()},
             "publish": m.publish.to_dict() if m.publish else None,
-            "frame_key": m.frame_key, "frame": m.frame, "padding": m.padding, "placeholder": m.placeholder,
-            "pattern": m.pattern,
+            "frame_key": m.frame_key, "frame": m.frame, "padding": m.seq_padding, "placeholder": m.placeholder,
+            "pattern": m.sequence_pattern(),
         }
-        if m.publish is None:
+        if m.placeholder:
+            out["note"] = PLACEHOLDER_NOTE
+        elif m.publish is None:
             out["note"] = self._notes.get(m.template, f"matches {m.template}, which has no publishes rule")
         return out
 
@@ -541,8 +591,9 @@ def _framed(template: str, fields: dict[str, Any], key: SequenceKey, text: str, 
     pattern = relpath[:span[0]].replace("%", "%%") + printf_token(padding) + relpath[span[1]:].replace("%", "%%")
     return _make_match({"template": template, "fields": fields, "frame_key": key.field, "frame": frame,
                         "frame_span": span, "padding": padding, "pattern": pattern,
-                        "publish": _spec(spec, fields, relpath, span), "placeholder": placeholder,
-                        "relpath": relpath})
+                        "publish": None if placeholder else _spec(spec, fields, relpath, span),
+                        "placeholder": placeholder, "relpath": relpath,
+                        "seq_padding": padding if placeholder else key.sequence_padding(text)})
 
 
 def _spec(builder: SpecBuilder | None, fields: dict[str, Any], relpath: str,

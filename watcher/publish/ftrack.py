@@ -29,14 +29,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from ..errors import PermanentError, PublishError, RetryableError
 from ..model import Job, Publish, TrackerRef
-from ..secrets import read_secret
+from ..names import shown
+from ..paths import (OSFamily, PathMappingError, RootPath, RootPathError, current_os, ftrack_identifier,
+                     parse_os_paths)
 from .base import Backend, BackendContext, CheckResult
+from .http import hide_url_password, without_credentials
 from .tracker import (LookupCache, Scrubber, TrackerSettings, adopt_once, adopted_ref, check_step, config_path,
-                      frame_range_cached, frame_range_of, no_blank_values, project_of, regular_size, tracker_http)
+                      frame_range_cached, frame_range_of, line_secret, no_blank_values, project_of, regular_size,
+                      tracker_http)
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +64,10 @@ class FtrackSettings(TrackerSettings):
     require_task: bool = True  # a missing task fails the publish instead of publishing without one
     location: str = "ftrack.unmanaged"
     resource_identifier: Literal["absolute", "root_relative"] = "absolute"
+    # the location's disk prefix on each OS: a path, or {linux: ..., darwin: ..., windows: ...}
+    # (Toolkit's *_path keys too). Set, the resource identifier is the file's `/` path below this
+    # OS's prefix (NFC): the same identifier from every OS, each joining it to its own prefix
+    location_prefix: str | dict[str, Any] | None = None
     component_name: str = "main"
     component_names: dict[str, str] = Field(default_factory=dict)  # publish_type/extension -> name
     sequence_members: bool = True  # one member FileComponent per frame
@@ -80,7 +88,7 @@ class FtrackSettings(TrackerSettings):
     def _url(cls, v: str) -> str:
         v = v.strip().rstrip("/")
         if not v.startswith(("https://", "http://")):
-            raise ValueError(f"{v!r} is not a URL; use https://<workspace>.ftrackapp.com")
+            raise ValueError(f"{hide_url_password(v)!r} is not a URL; use https://<workspace>.ftrackapp.com")
         if v.endswith("/api"):
             v = v[: -len("/api")]
         return v
@@ -89,6 +97,39 @@ class FtrackSettings(TrackerSettings):
     @classmethod
     def _no_blank(cls, v: dict[str, str]) -> dict[str, str]:
         return no_blank_values(v)
+
+    @field_validator("location_prefix")
+    @classmethod
+    def _prefix(cls, v: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
+        if v is not None:
+            prefix_here(v)  # every spelling absolute in its OS's syntax, and one for this OS
+        return v
+
+    @model_validator(mode="after")
+    def _prefix_identifiers(self) -> "FtrackSettings":
+        if self.location_prefix is not None and "resource_identifier" in self.model_fields_set \
+                and self.resource_identifier == "absolute":
+            raise ValueError("location_prefix makes resource identifiers relative to the prefix; remove "
+                             "resource_identifier: absolute, or remove location_prefix")
+        return self
+
+
+def prefix_here(value: str | dict[str, Any], flavour: OSFamily | None = None) -> str:
+    """This OS's spelling of ``location_prefix`` (ValueError naming the missing key)."""
+    where, f = "location_prefix", flavour or current_os()
+    try:
+        found = parse_os_paths("", value, where=where)
+        if found.shared is not None:
+            RootPath.of(found.shared, f)  # a plain path: absolute in this OS's syntax
+        here = found.get(f)
+    except RootPathError as exc:
+        text = str(exc)
+        raise ValueError(text[len(where) + 1:].lstrip() if text.startswith(where) else text) from None
+    if here is None:
+        has = ", ".join(x.value for x in found.known())
+        raise ValueError(f"no {f.value!r} entry, and this machine runs {f.value} (it has: {has}); add the "
+                         f"location's prefix on {f.value}")
+    return here
 
 
 @dataclass(frozen=True)
@@ -162,7 +203,10 @@ class FtrackBackend(Backend):
             settings = FtrackSettings.model_validate(settings)
         super().__init__(settings, context)
         s: FtrackSettings = settings
-        key = read_secret(s.api_key, config_path(s.api_key_file, context.config_dir), "tracker.api_key") or ""
+        # this OS's location prefix (validated with the settings), or None: identifiers as configured
+        self._os = current_os()
+        self._prefix: str | None = None if s.location_prefix is None else prefix_here(s.location_prefix, self._os)
+        key = line_secret(s.api_key, config_path(s.api_key_file, context.config_dir), "tracker.api_key", header=True)
         self.http = tracker_http(
             s, context.config_dir, s.server_url, scrub=Scrubber(key),
             headers={
@@ -480,7 +524,8 @@ class FtrackBackend(Backend):
         tmpl = self.settings.version_url
         if not tmpl:
             return None
-        return tmpl.format(server=self.settings.server_url, id=version_id, project_id=ctx.project_id)
+        server = without_credentials(self.settings.server_url)  # a link kept in the journal: never a password
+        return tmpl.format(server=server, id=version_id, project_id=ctx.project_id)
 
     @staticmethod
     def _create(entity_type: str, entity_id: str, **data: Any) -> dict[str, Any]:
@@ -589,8 +634,18 @@ class FtrackBackend(Backend):
             f"not at {mine}; refusing to add a second one (set tracker.component_names to publish under another name)")
 
     def _resource_identifier(self, p: Publish, path: str) -> str:
+        """The file's identifier in the location: below this OS's ``location_prefix`` when one
+        is set, below its root with ``root_relative`` (both ``/``-separated, NFC), else its path."""
+        if self._prefix is not None:
+            try:
+                return ftrack_identifier(self._prefix, path, self._os)
+            except PathMappingError as exc:
+                raise PermanentError(f"ftrack: {exc}") from None
         if self.settings.resource_identifier == "root_relative":
-            return os.path.relpath(path, p.root_path).replace(os.sep, "/")
+            rel = RootPath.of(p.root_path, self._os).relative(path)
+            if rel is None:
+                raise PermanentError(f"ftrack: {shown(path)} is not below its root {shown(p.root_path)}")
+            return rel
         return path
 
     def _component_ops(self, p: Publish, ids: dict[str, Any], comp_name: str, location_id: str,
@@ -612,16 +667,16 @@ class FtrackBackend(Backend):
         if not p.is_sequence:
             if cid not in existing:
                 comps.append(self._create("FileComponent", cid, name=comp_name, version_id=ids["version"],
-                                          file_type=file_type, size=self._size(p.path)))
+                                          file_type=file_type, size=self._size(p, p.path)))
             location(cid, str(uuid.uuid5(ns, "location")), p.path)
             return comps + locs
 
         frames = p.frame_numbers()
         members = [(f, str(uuid.uuid5(ns, f"member:{f}"))) for f in frames] if self.settings.sequence_members else []
         missing_members = [(f, mid) for f, mid in members if mid not in existing]
-        sizes = {f: self._size(p.frame_path(f)) for f, _ in missing_members}
+        sizes = {f: self._size(p, p.frame_path(f)) for f, _ in missing_members}
         if cid not in existing:
-            total = sum(sizes.values()) if len(sizes) == len(frames) else sum(self._size(x) for x in p.file_paths())
+            total = sum(sizes.values()) if len(sizes) == len(frames) else sum(self._size(p, x) for x in p.file_paths())
             comps.append(self._create("SequenceComponent", cid, name=comp_name, version_id=ids["version"],
                                       file_type=file_type, padding=p.padding, size=total))
         for f, mid in missing_members:
@@ -633,8 +688,9 @@ class FtrackBackend(Backend):
         return comps + locs
 
     @staticmethod
-    def _size(path: str) -> int:
-        return regular_size(path, "size")  # lstat: a symlink is not followed, a FIFO is refused
+    def _size(p: Publish, path: str) -> int:
+        # lstat: a symlink is not followed, a FIFO is refused, a file now outside the root is refused
+        return regular_size(path, "size", root=p.root_path)
 
     # ------------------------------------------------------------------ amend
 
@@ -690,10 +746,10 @@ class FtrackBackend(Backend):
         updates: list[dict[str, Any]] = []
         file_type = os.path.splitext(p.path)[1]
         if not p.is_sequence:
-            total = self._size(p.path)
+            total = self._size(p, p.path)
         else:
             frames = p.frame_numbers()
-            sizes = {f: self._size(p.frame_path(f)) for f in frames}
+            sizes = {f: self._size(p, p.frame_path(f)) for f in frames}
             total = sum(sizes.values())
             for f in frames if members_wanted else []:
                 name = f"{f:0{p.padding}d}"
@@ -827,6 +883,9 @@ class FtrackBackend(Backend):
         if s.version_status:
             out.append(check_step(f"status {s.version_status!r}", lambda: f"id {self._status_id()}"))
         return out
+
+    def scrub(self, value: Any) -> Any:
+        return self.http.scrub(value)
 
     def close(self) -> None:
         self.http.close()

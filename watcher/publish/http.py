@@ -13,15 +13,29 @@ import logging
 import threading
 import time
 from typing import Any, Callable
+from urllib.parse import urlsplit, urlunsplit
 
 import requests
 
 from ..errors import PermanentError, RetryableError
+from ..logs import hide_url_password
 from .retry import backoff_delay, parse_retry_after
 
 log = logging.getLogger(__name__)
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+def without_credentials(url: str) -> str:
+    """``url`` without its ``user:password@`` part: what a link (a publish's page on the
+    tracker, kept in the journal and shown on the desk) may hold."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return hide_url_password(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
 
 
 class HttpError(PermanentError):
@@ -61,6 +75,7 @@ class HttpClient:
                  scrub: Callable[[Any], Any] | None = None,
                  sleep: Callable[[float], None] = time.sleep) -> None:
         self.base_url = base_url.rstrip("/")
+        self.shown_url = hide_url_password(self.base_url)  # for messages: never a password
         self.timeout = timeout
         self.verify = verify
         self.retries = retries
@@ -68,7 +83,7 @@ class HttpClient:
         self.backoff_cap = backoff_cap
         self.headers = dict(headers or {})
         self.describe_error = describe_error or (lambda status, body: f"HTTP {status}: {body}")
-        self.scrub: Callable[[Any], Any] = scrub or (lambda value: value)
+        self.scrub: Callable[[Any], Any] = scrub or (lambda v: hide_url_password(v) if isinstance(v, str) else v)
         self._sleep = sleep
         self._local = threading.local()
         self._sessions: list[requests.Session] = []
@@ -107,7 +122,7 @@ class HttpClient:
                 resp = self.session.request(method, self.url(path), **kwargs)
             except requests.exceptions.SSLError as exc:  # before ConnectionError, its base: retrying cannot help
                 raise PermanentError(self.scrub(
-                    f"{method} {path}: TLS certificate check failed for {self.base_url} ({_tls_reason(exc)}); "
+                    f"{method} {path}: TLS certificate check failed for {self.shown_url} ({_tls_reason(exc)}); "
                     "set tracker.ca_bundle to your studio CA's PEM file, or tracker.verify_tls: false to turn "
                     "certificate checks off (not recommended)")) from None
             except requests.Timeout as exc:
@@ -115,7 +130,7 @@ class HttpClient:
                                                  f"({type(exc).__name__})"))
                 continue
             except requests.ConnectionError as exc:
-                last = RetryableError(self.scrub(f"{method} {path}: cannot connect to {self.base_url} "
+                last = RetryableError(self.scrub(f"{method} {path}: cannot connect to {self.shown_url} "
                                                  f"({type(exc).__name__})"))
                 continue
             except requests.RequestException as exc:

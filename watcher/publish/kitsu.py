@@ -35,13 +35,14 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 
 from ..errors import PermanentError, RetryableError
 from ..model import Job, Publish, TrackerRef
-from ..secrets import read_secret
+from ..names import shown
+from ..paths import PathMappingError, RootPath, kitsu_path
 from .base import Backend, BackendContext, CheckResult
-from .http import HttpClient, HttpError
+from .http import HttpClient, HttpError, hide_url_password, without_credentials
 from .tracker import (ADOPT_TTL, ASSET_TYPE_KEYS, EPISODE_KEYS, MOVIE_EXTENSIONS, SEQUENCE_KEYS, BearerAuth,
                       FolderListing, LookupCache, Scrubber, Token, TrackerSettings, adopt_once, adopted_ref, check_step,
-                      config_path, field_value, frame_range_cached, frame_range_of, no_blank_values, open_regular,
-                      project_of, regular_size, same_file, tracker_http)
+                      config_path, field_value, frame_range_cached, frame_range_of, line_secret, no_blank_values,
+                      open_regular, project_of, read_error, regular_size, same_file, tracker_http)
 
 log = logging.getLogger(__name__)
 
@@ -74,19 +75,30 @@ class KitsuSettings(TrackerSettings):
     comment: bool = True  # a comment on the task for every publish (what Kitsu shows on the task)
     working_file: bool = False  # also record a working file on the task (assigns it to the bot)
     checksum: bool = True  # md5 of the file(s), stored in the output file
+    # the studio's mount point of the roots as Kitsu users know it (e.g. /mnt/prod): an output
+    # file's path is then it plus the file's `/` path below its root, whichever OS published it
+    mount_point: str | None = None
 
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
         v = v.strip().rstrip("/")
         if not re.match(r"^https?://[^/\s]+", v):
-            raise ValueError(f"must be an http(s) address such as https://kitsu.example/api, not {v!r}")
+            raise ValueError("must be an http(s) address such as https://kitsu.example/api, "
+                             f"not {hide_url_password(v)!r}")
         return v
 
     @field_validator("task_types", "output_types")
     @classmethod
     def _no_blank(cls, v: dict[str, str]) -> dict[str, str]:
         return no_blank_values(v)
+
+    @field_validator("mount_point")
+    @classmethod
+    def _mount_point(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip().replace("\\", "/").rstrip("/"):
+            raise ValueError("is empty; give the folder the roots are mounted under, such as /mnt/prod, or remove it")
+        return v.strip() if v is not None else v
 
     @model_validator(mode="after")
     def _auth(self) -> "KitsuSettings":
@@ -184,9 +196,9 @@ class KitsuBackend(Backend):
     def __init__(self, settings: KitsuSettings, context: BackendContext) -> None:
         super().__init__(settings, context)
         is_bot = settings.email is None
-        token = read_secret(settings.token, config_path(settings.token_file, context.config_dir),
-                            "tracker.token") if is_bot else None
-        password = None if is_bot else read_secret(
+        token = line_secret(settings.token, config_path(settings.token_file, context.config_dir), "tracker.token",
+                            header=True) if is_bot else None
+        password = None if is_bot else line_secret(
             settings.password, config_path(settings.password_file, context.config_dir), "tracker.password")
         self.http = tracker_http(settings, context.config_dir, settings.url, scrub=Scrubber(token, password),
                                  describe_error=describe_zou_error)
@@ -200,6 +212,9 @@ class KitsuBackend(Backend):
     def call(self, method: str, path: str, *, retry: bool = True, **kwargs: Any) -> Any:
         """One authenticated request (a 401 renews a user login once, then fails clearly)."""
         return self.auth.request(method, path, retry=retry, **kwargs)
+
+    def scrub(self, value: Any) -> Any:
+        return self.http.scrub(value)
 
     def close(self) -> None:
         self.http.close()
@@ -489,6 +504,10 @@ class KitsuBackend(Backend):
         where = (f"{self._describe_entity(p)} (task type {task_type['name']!r}, output type "
                  f"{output_type['name']!r}, {p.name}{f' v{p.version}' if p.version is not None else ''})")
 
+        if self.settings.checksum and job.state.get("md5") is None:
+            # read before anything is created: a file swapped for a FIFO, a device or a link out of
+            # the root fails the publish here, leaving no output file behind on the tracker
+            job.remember(md5=self._md5(p))
         output = self._find_output(entity, output_type, task_type, p, job)
         if output is None:
             working = self._working_file(task, p) if (self.settings.working_file and task) else None
@@ -571,6 +590,20 @@ class KitsuBackend(Backend):
         return {int(r["revision"]) for r in rows
                 if all(r.get(k) == v for k, v in want.items()) and isinstance(r.get("revision"), int)}
 
+    def output_path(self, p: Publish) -> str:
+        """An output file's ``path``: with ``mount_point``, the mount point and the file's ``/``
+        path below its root (NFC), one value whichever OS published it; else the file's path."""
+        mount = self.settings.mount_point
+        if mount is None:
+            return p.path
+        rel = RootPath.of(p.root_path).relative(p.path)
+        if rel is None:
+            raise PermanentError(f"{shown(p.path)} is not below its root {shown(p.root_path)}")
+        try:
+            return kitsu_path(mount, rel)
+        except PathMappingError as exc:
+            raise PermanentError(str(exc)) from None
+
     def _validate(self, p: Publish) -> None:
         """Refuse what Zou would refuse with a 500 (retried forever) or a truncation error."""
         checks = [(p.name, MAX_NAME, "name"), (p.extension, MAX_REPRESENTATION, "representation"),
@@ -600,7 +633,7 @@ class KitsuBackend(Backend):
         made by someone else (a Kitsu publisher, gazu), whatever its name or types."""
         rows = [r for r in self._outputs(entity, fresh=job.uncertain)
                 if not r.get("canceled") and not self._ours(r, p, job)]
-        rec = same_file(rows, p.path, p.version if p.version and p.version > 0 else None,
+        rec = same_file(rows, self.output_path(p), p.version if p.version and p.version > 0 else None,
                         path_of=lambda r: r.get("path"), version_of=lambda r: r.get("revision"))
         return rec["id"] if rec else None
 
@@ -622,7 +655,7 @@ class KitsuBackend(Backend):
                 return mine[0]
             if same:
                 other = same[0]
-                if other.get("path") == p.path:
+                if other.get("path") == self.output_path(p):
                     return other  # the same file, published before under another key: adopt it
                 raise PermanentError(
                     f"Kitsu already has output file {p.name!r} revision {p.version} ({p.extension}) on "
@@ -698,7 +731,7 @@ class KitsuBackend(Backend):
             job.remember(md5=checksum)
         data = dict(output.get("data") or {})
         data.update({
-            "source": "watcher", "watcher_key": p.key, "path": p.path, "size": size, "template": p.template,
+            "source": "watcher", "watcher_key": p.key, "path": self.output_path(p), "size": size, "template": p.template,
             "root": p.root, "version": p.version, "publish_type": p.publish_type,
         })
         if p.is_sequence:
@@ -711,10 +744,11 @@ class KitsuBackend(Backend):
         body: dict[str, Any] = {"data": data, "size": size if size <= INT32_MAX else None}
         if p.is_sequence:
             body["nb_elements"] = max(1, p.frame_count)
-        if len(p.path) <= MAX_PATH:
-            body["path"] = p.path
+        path = self.output_path(p)
+        if len(path) <= MAX_PATH:
+            body["path"] = path
         else:
-            log.warning("%s: path longer than Kitsu's %d characters, kept in data.path only", p.path, MAX_PATH)
+            log.warning("%s: path longer than Kitsu's %d characters, kept in data.path only", path, MAX_PATH)
         if checksum:
             body["checksum"] = checksum
         wanted = {k: v for k, v in body.items()}
@@ -734,7 +768,8 @@ class KitsuBackend(Backend):
 
     @staticmethod
     def _disk_size(p: Publish) -> int:
-        return sum(regular_size(f) for f in p.file_paths())  # a symlink or FIFO is refused
+        # a symlink, a FIFO or a file now outside the root is refused
+        return sum(regular_size(f, root=p.root_path) for f in p.file_paths())
 
     @staticmethod
     def _md5(p: Publish) -> str:
@@ -742,12 +777,13 @@ class KitsuBackend(Backend):
         order for a sequence."""
         digest = hashlib.md5()
         for f in p.file_paths():
-            try:
-                with open_regular(f, "checksum") as fh:  # never follows a symlink, never blocks on a FIFO
+            # never follows a symlink, never blocks on a FIFO, never reads outside the root
+            with open_regular(f, "checksum", root=p.root_path) as fh:
+                try:
                     for chunk in iter(lambda: fh.read(1 << 20), b""):
                         digest.update(chunk)
-            except OSError as exc:
-                raise PermanentError(f"cannot read {f} for its checksum: {exc.strerror or exc}") from None
+                except OSError as exc:
+                    raise read_error(f, "checksum", exc) from None
         return digest.hexdigest()
 
     # ---- comment and review ------------------------------------------------------------------------
@@ -756,7 +792,7 @@ class KitsuBackend(Backend):
         if p.missing_frames:
             what += f", missing {p.missing_frames}"
         return (f"Published **{p.name}** v{p.version if p.version is not None else output.get('revision')} "
-                f"({p.extension}, {what}): `{p.path}` {_marker(p)}")
+                f"({p.extension}, {what}): `{self.output_path(p)}` {_marker(p)}")
 
     def _comment(self, task: dict, output: dict, p: Publish, job: Job, review: bool, where: str) -> None:
         marker = _marker(p)
@@ -809,18 +845,19 @@ class KitsuBackend(Backend):
             return  # uploaded by an earlier attempt
         mime = mimetypes.guess_type(source)[0] or "application/octet-stream"
         try:
-            with open_regular(source, "preview") as fh:
+            with open_regular(source, "preview", root=p.root_path) as fh:
                 self.call("POST", f"/pictures/preview-files/{preview['id']}", retry=False,
                           params={"no_job": "true", "normalize": "false"},
                           files={"file": (os.path.basename(source), fh, mime)},
                           timeout=max(self.settings.timeout, 120.0))
         except OSError as exc:
-            raise PermanentError(f"cannot read preview {source}: {exc.strerror or exc}") from None
+            raise read_error(source, "preview", exc) from None
         except HttpError as exc:
             raise PermanentError(f"Kitsu refused the preview upload {source} for {where}: {server_words(exc)}") from None
 
     def _web_url(self, project: dict, entity: dict) -> str:
-        base = self.settings.url[:-4] if self.settings.url.endswith("/api") else self.settings.url
+        url = without_credentials(self.settings.url)  # a link kept in the journal: never a password
+        base = url[:-4] if url.endswith("/api") else url
         kind = (entity.get("type") or "").lower()
         section = {"shot": "shots", "asset": "assets", "sequence": "sequences", "episode": "episodes",
                    "edit": "edits"}.get(kind, "shots")

@@ -21,7 +21,6 @@ import os
 import re
 import shlex
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -33,13 +32,15 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 
 from ..errors import PermanentError, PublishError, RetryableError
 from ..model import Job, Publish, TrackerRef
-from ..secrets import read_secret
+from ..names import shown
+from ..paths import (SHOTGRID_FIELDS, OSFamily, OSPaths, PathMappingError, RootPath, current_os, render_path,
+                     shotgrid_path, shotgrid_storage_for)
 from .base import Backend, BackendContext, CheckResult
-from .http import HttpError
+from .http import HttpError, hide_url_password, without_credentials
 from .tracker import (ADOPT_TTL, ASSET_TYPE_KEYS, MOVIE_EXTENSIONS, SEQUENCE_KEYS, BearerAuth, FolderListing,
-                      LookupCache, Scrubber, Token, TrackerSettings, adopt_once, adopted_ref, check_step, config_path,
-                      create_once, field_value, frame_range_cached, frame_range_of, open_regular, project_of,
-                      regular_size, same_file, tracker_http)
+                      LookupCache, Scrubber, Token, TrackerSettings, UnsafeFile, adopt_once, adopted_ref, check_step,
+                      config_path, create_once, field_value, frame_range_cached, frame_range_of, line_secret,
+                      open_regular, project_of, read_error, regular_size, same_file, tracker_http)
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,6 @@ HASH_CT = "application/vnd+shotgun.api3_hash+json"
 DEFAULT_CREATABLE = ("Shot", "Asset", "Sequence")
 REVIEW_EXTENSIONS = ["exr", "dpx", "jpg", "jpeg", "png", "tif", "tiff", "mov", "mp4"]
 THUMBNAIL_EXTENSIONS = ["jpg", "jpeg", "png", "gif"]
-OS_PATH_FIELD = "windows_path" if sys.platform == "win32" else "mac_path" if sys.platform == "darwin" else "linux_path"
 
 
 class ShotGridSettings(TrackerSettings):
@@ -100,7 +100,7 @@ class ShotGridSettings(TrackerSettings):
         v = v.strip().rstrip("/")
         v = re.sub(r"/api/v1(\.\d+)?$", "", v)
         if not re.match(r"^https?://[^/\s]+", v):
-            raise ValueError(f"must be the site URL starting with https://, got {v!r}")
+            raise ValueError(f"must be the site URL starting with https://, got {hide_url_password(v)!r}")
         return v
 
     @field_validator("project")
@@ -169,13 +169,13 @@ class ShotGridClient(BearerAuth):
         self.settings = settings
         self.site = settings.url
         if settings.script_name is not None:
-            secret = read_secret(settings.script_key, config_path(settings.script_key_file, config_dir),
+            secret = line_secret(settings.script_key, config_path(settings.script_key_file, config_dir),
                                  "tracker.script_key")
             self._grant = {"grant_type": "client_credentials", "client_id": settings.script_name,
                            "client_secret": secret or ""}
             self.who = f"script '{settings.script_name}'"
         else:
-            secret = read_secret(settings.password, config_path(settings.password_file, config_dir),
+            secret = line_secret(settings.password, config_path(settings.password_file, config_dir),
                                  "tracker.password")
             self._grant = {"grant_type": "password", "username": settings.login or "", "password": secret or ""}
             self.who = f"user '{settings.login}'"
@@ -251,8 +251,9 @@ class ShotGridClient(BearerAuth):
         resp = self.request("GET", f"schema/{entity_type}/fields/{name}", ok_statuses=(404,))
         return isinstance(resp, dict) and "data" in resp
 
-    def upload(self, entity_type: str, rid: int, field: str, path: str) -> None:
-        """The three-step upload: ask for a target, PUT the bytes, complete."""
+    def upload(self, entity_type: str, rid: int, field: str, path: str, *, root: str | None) -> None:
+        """The three-step upload: ask for a target, PUT the bytes, complete. ``path`` is read
+        only if it is a regular file inside ``root`` (checked again when opened)."""
         name = os.path.basename(path)
         info = self.request("GET", f"entity/{slug(entity_type)}/{rid}/{field}/_upload", params={"filename": name})
         target = urlsplit(info["links"]["upload"])
@@ -261,8 +262,11 @@ class ShotGridClient(BearerAuth):
             target = target._replace(scheme=site.scheme, netloc=site.netloc)
         ctype = {"jpg": "image/jpeg", "jpeg": "image/jpeg", "png": "image/png", "gif": "image/gif"}.get(
             name.rsplit(".", 1)[-1].lower(), "application/octet-stream")
-        with open_regular(path, "upload") as fh:
-            payload = fh.read()
+        with open_regular(path, "upload", root=root) as fh:
+            try:
+                payload = fh.read()
+            except OSError as exc:
+                raise read_error(path, "upload", exc) from None
         # a presigned URL: no bearer token (the storage service would refuse it)
         self.http.request("PUT", urlunsplit(target), data=payload, headers={"Content-Type": ctype})
         complete = info["links"]["complete_upload"]
@@ -280,6 +284,8 @@ class ShotGridBackend(Backend):
 
     def __init__(self, settings: ShotGridSettings, context: BackendContext) -> None:
         super().__init__(settings, context)
+        self.os = current_os()  # whose LocalStorage field (linux_path, mac_path, windows_path) holds the roots here
+        self.os_field = SHOTGRID_FIELDS[self.os]
         self.client = ShotGridClient(settings, context.config_dir)
         self.cache = LookupCache(settings.cache_ttl)
         self._listing = FolderListing(min(ADOPT_TTL, settings.cache_ttl))  # existing publishes per folder
@@ -294,13 +300,17 @@ class ShotGridBackend(Backend):
         p = job.publish
         project = self._project(p)
         storage, rel = self._storage(p)
-        page = lambda rid: f"{self.client.site}/detail/PublishedFile/{rid}"  # noqa: E731
+        site = without_credentials(self.client.site)  # a link kept in the journal: never a password
+        page = lambda rid: f"{site}/detail/PublishedFile/{rid}"  # noqa: E731
         if job.amend:
             return self._amend(job, project, storage, rel, page)
         # before the entity/task/type lookups: an adopted file needs none of them
         if self.settings.adopt and adopt_once(job, "published_file_id", "publish_sent",
                                               lambda: self._existing_published_file(project, storage, rel, p.version)):
             return adopted_ref(job, "published_file_id", page)  # type: ignore[return-value]
+        thumbnail = self.settings.thumbnail and not job.state.get("thumbnail_done")
+        # checked before anything is created: a frame swapped for a link or a FIFO fails the publish here
+        source = self._thumbnail_source(p) if thumbnail else None
         entity = self._entity(p, project) if p.entity else None
         task = self._task(p, project, entity) if p.task else None
         pftype = self._publish_type(p.publish_type) if p.publish_type else None
@@ -316,8 +326,8 @@ class ShotGridBackend(Backend):
         version = None
         if (self.settings.version_for_review or p.review) and p.extension in {e.lower() for e in self.settings.review_extensions}:
             version = self._version(job, p, project, entity, task, pf, where)
-        if self.settings.thumbnail and not job.state.get("thumbnail_done"):
-            self._thumbnail(job, p, [pf] + ([version] if version else []))
+        if thumbnail:
+            self._thumbnail(job, p, source, [pf] + ([version] if version else []))
         return TrackerRef(id=str(pf_id), url=page(pf_id))
 
     def _where(self, p: Publish, project: dict[str, Any]) -> str:
@@ -522,43 +532,50 @@ class ShotGridBackend(Backend):
         rows = self.client.search("LocalStorage", [], ["code", "linux_path", "mac_path", "windows_path"], sort="id")
         return self.cache.put("LocalStorage", rows)
 
-    def storage_for_root(self, root_name: str, root_path: str) -> dict[str, Any]:
-        """The LocalStorage whose current-OS path holds the root (deepest wins), or the one
-        ``storages:`` names for it."""
-        norm_root = _norm_path(root_path)
-        wanted = self.settings.storages.get(root_name)
-        candidates = []
-        for s in self.storages():
-            spath = _norm_path(s.get(OS_PATH_FIELD) or "")
-            if wanted is not None and wanted not in (s["id"], s.get("code")):
-                continue
-            if wanted is not None and not spath:
-                raise PermanentError(f"LocalStorage '{s.get('code')}' (named for root '{root_name}' in "
-                                     f"tracker.storages) has no {OS_PATH_FIELD}")
-            if spath and (norm_root.lower() == spath.lower() or norm_root.lower().startswith(spath.lower() + "/")):
-                candidates.append((len(spath), s["id"], s))
-            elif wanted is not None:
-                raise PermanentError(f"LocalStorage '{s.get('code')}' ({OS_PATH_FIELD} {s.get(OS_PATH_FIELD)}) "
-                                     f"does not hold root '{root_name}' at {root_path}")
-        if not candidates:
-            if wanted is not None:
+    def storage_for_root(self, root_name: str, root: OSPaths | str) -> dict[str, Any]:
+        """The LocalStorage holding a root: the one ``storages:`` (or the root's Toolkit
+        ``shotgun_storage_id``) names, else the one whose path for this OS holds the root's
+        spelling here (the deepest wins). With a per-OS root, the storage must hold the root at
+        the same place on every OS both give a path for. Paths compare as Toolkit compares them:
+        ``/`` and ``\\`` alike, case ignored."""
+        paths = root if isinstance(root, OSPaths) else OSPaths(shared=root)
+        here = paths.get(self.os) or ""
+        wanted = self.settings.storages.get(root_name, paths.storage_id)
+        pool = self.storages()
+        if wanted is not None:
+            pool = [s for s in pool if wanted in (s["id"], s.get("code"))]
+            if not pool:
                 raise PermanentError(f"tracker.storages names LocalStorage {wanted!r} for root '{root_name}', "
                                      "but the site has none by that code or id")
-            known = ", ".join(f"{s.get('code')} ({s.get(OS_PATH_FIELD) or 'no ' + OS_PATH_FIELD})"
-                              for s in self.storages()) or "none"
-            raise PermanentError(f"no LocalStorage holds root '{root_name}' at {root_path}: add one in Site "
-                                 f"Preferences > File Management whose {OS_PATH_FIELD} is that path or a parent "
-                                 f"(storages on the site: {known})")
-        return max(candidates, key=lambda c: (c[0], c[1]))[2]
+            for s in pool:
+                if not s.get(self.os_field):
+                    raise PermanentError(f"LocalStorage '{s.get('code')}' (named for root '{root_name}' in "
+                                         f"tracker.storages) has no {self.os_field}")
+        try:
+            found = shotgrid_storage_for(pool, root_name, paths, self.os, case_insensitive=True)
+        except PathMappingError as exc:
+            raise PermanentError(str(exc)) from None
+        if found is not None:
+            return dict(found)
+        if wanted is not None:
+            s = pool[-1]
+            raise PermanentError(f"LocalStorage '{s.get('code')}' ({self.os_field} {s.get(self.os_field)}) "
+                                 f"does not hold root '{root_name}' at {shown(here)}")
+        known = ", ".join(f"{s.get('code')} ({s.get(self.os_field) or 'no ' + self.os_field})"
+                          for s in self.storages()) or "none"
+        raise PermanentError(f"no LocalStorage holds root '{root_name}' at {shown(here)}: add one in Site "
+                             f"Preferences > File Management whose {self.os_field} is that path or a parent "
+                             f"(storages on the site: {known})")
 
     def _storage(self, p: Publish) -> tuple[dict[str, Any], str]:
-        root_path = str(self.context.roots.get(p.root) or p.root_path)
-        storage = self.storage_for_root(p.root, root_path)
-        spath = _norm_path(storage[OS_PATH_FIELD])
-        path = _norm_path(p.path)
-        if not path.lower().startswith(spath.lower() + "/"):
-            raise PermanentError(f"{p.path} is not under LocalStorage '{storage.get('code')}' at {spath}")
-        return storage, path[len(spath):].lstrip("/")  # Toolkit's path_cache: keeps the file's case
+        """The publish's LocalStorage and its ``path_cache``: the file's path below the storage's
+        path for this OS, ``/``-separated and NFC, with the file's own case (as Toolkit keeps it)."""
+        storage = self.storage_for_root(p.root, self.context.os_paths(p.root, p.root_path))
+        where = shotgrid_path(storage, p.path, self.os, case_insensitive=True)
+        if where is None:
+            raise PermanentError(f"{shown(p.path)} is not under LocalStorage '{storage.get('code')}' at "
+                                 f"{shown(str(storage.get(self.os_field)))}")
+        return storage, where.relative_path
 
     def _creatable(self, entity_type: str) -> bool:
         allowed = self.settings.create_missing_entities
@@ -725,52 +742,63 @@ class ShotGridBackend(Backend):
             data["sg_status_list"] = self.settings.version_status
         return data
 
-    def _thumbnail(self, job: Job, p: Publish, targets: list[dict[str, Any]]) -> None:
-        """Upload a thumbnail to the publish (and its Version). A refusal or a failing command is
-        logged, not fatal: the publish itself exists; a transient error retries the job."""
+    def _thumbnail_source(self, p: Publish) -> str | None:
+        """The frame a thumbnail would be read from, checked now (a regular file inside the
+        root), or None when there is none to make. A file swapped for a link, a FIFO or a
+        device (``UnsafeFile``) fails the publish; a vanished or unreadable one is logged and the
+        publish goes on without a thumbnail."""
         source = p.middle_frame_path()
+        if source is None or not (self.settings.thumbnail_command or p.extension in
+                                  {e.lower() for e in self.settings.thumbnail_extensions}):
+            return None
+        try:  # a command would hang on a FIFO or read through a symlink: it is checked as any read
+            regular_size(source, "thumbnail", root=p.root_path)
+        except UnsafeFile:
+            raise
+        except PublishError as exc:
+            log.warning("thumbnail for %s not made: %s", shown(p.path), exc.message)
+            return None
+        return source
+
+    def _thumbnail(self, job: Job, p: Publish, source: str | None, targets: list[dict[str, Any]]) -> None:
+        """Upload a thumbnail of ``source`` (see ``_thumbnail_source``) to the publish (and its
+        Version). A refusal or a failing command is logged, not fatal: the publish itself exists;
+        a transient error retries the job, and a file swapped meanwhile for something unsafe
+        (``UnsafeFile``, checked again right before the read) fails it."""
         if source is not None and self.settings.thumbnail_command:
-            try:  # the command would hang on a FIFO, or read through a symlink
-                regular_size(source, "thumbnail")
-            except PublishError as exc:
-                log.warning("thumbnail for %s not made: %s", p.path, exc.message)
-                source = None
+            source = self._thumbnail_source(p)  # again: the command reads it outside open_regular
         with tempfile.TemporaryDirectory(prefix="watcher-thumb-") as tmp:
-            image = self._thumbnail_image(source, p, tmp) if source else None
-            if image is None:
+            made = self._thumbnail_image(source, tmp, p.root_path) if source else None
+            if made is None:
                 job.remember(thumbnail_done=True)
                 return
+            image, root = made
             for target in targets:
                 try:
-                    self.client.upload(target["type"], target["id"], "image", image)
-                except RetryableError:
+                    self.client.upload(target["type"], target["id"], "image", image, root=root)
+                except (RetryableError, UnsafeFile):
                     raise
                 except PublishError as exc:
                     log.warning("thumbnail for %s %s not uploaded: %s", target["type"], target["id"], exc.message)
         job.remember(thumbnail_done=True)
 
-    def _thumbnail_image(self, source: str, p: Publish, tmp: str) -> str | None:
+    def _thumbnail_image(self, source: str, tmp: str, root: str) -> tuple[str, str | None] | None:
+        """(the image to upload, the folder it must stay inside) or None: the command's output
+        in ``tmp`` (made here, read as is), else the frame itself (re-checked at upload)."""
         if self.settings.thumbnail_command:
             out = os.path.join(tmp, "thumbnail.jpg")
             argv = [a.replace("{input}", source).replace("{output}", out) for a in self.settings.thumbnail_command]
             try:
                 done = subprocess.run(argv, capture_output=True, timeout=self.settings.thumbnail_timeout)
             except (OSError, subprocess.TimeoutExpired) as exc:
-                log.warning("thumbnail command %s failed: %s", shlex.join(argv), exc)
+                log.warning("thumbnail command %s failed: %s", shown(shlex.join(argv)), exc)
                 return None
             if done.returncode != 0 or not os.path.isfile(out):
-                log.warning("thumbnail command %s exited %s: %s", shlex.join(argv), done.returncode,
+                log.warning("thumbnail command %s exited %s: %s", shown(shlex.join(argv)), done.returncode,
                             done.stderr.decode(errors="replace")[-500:])
                 return None
-            return out
-        if p.extension in {e.lower() for e in self.settings.thumbnail_extensions}:
-            try:
-                regular_size(source, "thumbnail")
-            except PublishError as exc:
-                log.warning("thumbnail for %s not uploaded: %s", p.path, exc.message)
-                return None
-            return source
-        return None
+            return out, tmp
+        return source, root
 
     # ---- check ----------------------------------------------------------------------------------
     def check(self) -> list[CheckResult]:
@@ -827,11 +855,15 @@ class ShotGridBackend(Backend):
         return f"{len(rows)} on the site" + ("" if self.settings.create_publish_types else "; creation off")
 
     def _check_storage(self, root_name: str, root_path: str) -> str:
-        st = self.storage_for_root(root_name, root_path)
-        spath = _norm_path(st[OS_PATH_FIELD])
-        rel = _norm_path(root_path)[len(spath):].lstrip("/")
-        return (f"LocalStorage '{st.get('code')}' (id {st['id']}, {OS_PATH_FIELD} {st[OS_PATH_FIELD]}); "
-                f"path_cache starts '{rel + '/' if rel else ''}...'")
+        paths = self.context.os_paths(root_name, root_path)
+        st = self.storage_for_root(root_name, paths)
+        base = RootPath.of(str(st[self.os_field]), self.os, case_insensitive=True)
+        rel = base.relative(str(paths.get(self.os) or root_path)) or ""
+        others = [f"{SHOTGRID_FIELDS[f]} {shown(render_path(str(st[SHOTGRID_FIELDS[f]]), rel, f))}"
+                  for f in OSFamily if f is not self.os and f in paths.by_os and st.get(SHOTGRID_FIELDS[f])]
+        return (f"LocalStorage '{st.get('code')}' (id {st['id']}, {self.os_field} {st[self.os_field]}); "
+                f"path_cache starts '{rel + '/' if rel else ''}...'"
+                + (f"; the root on the other OSes: {', '.join(others)}" if others else ""))
 
     def _check_user(self) -> str:
         rec = self.client.read("HumanUser", int(self.settings.created_by or 0), ["login", "name"])
@@ -845,16 +877,11 @@ class ShotGridBackend(Backend):
                                  "settings, or fix the name)")
         return "exists"
 
+    def scrub(self, value: Any) -> Any:
+        return self.client.http.scrub(value)
+
     def close(self) -> None:
         self.client.close()
-
-
-def _norm_path(path: str) -> str:
-    """Forward slashes, no duplicate or trailing separators (Toolkit's ShotgunPath.normalize)."""
-    p = path.replace("\\", "/")
-    lead = "//" if p.startswith("//") else ""
-    p = lead + re.sub(r"/+", "/", p[len(lead):])
-    return p.rstrip("/") if len(p) > 1 else p
 
 
 __all__ = ["ShotGridBackend", "ShotGridSettings", "ShotGridClient", "slug", "describe_error"]

@@ -7,28 +7,31 @@ strategy. From here it takes:
 - ``TrackerSettings``: ``timeout``, ``retries``, ``backoff_base``, ``backoff_cap``, ``ca_bundle``,
   ``verify_tls``, ``cache_ttl`` with one meaning each; ``tracker_http()`` turns them into the
   shared ``HttpClient`` (TLS rule: ``verify_tls: false`` > ``ca_bundle`` > system CAs);
-- ``config_path()`` for paths relative to the configuration file, ``Scrubber`` so no message can
-  carry a configured secret;
+- ``config_path()`` for paths relative to the configuration file, ``line_secret()`` (a credential
+  refused at start-up unless it is one clean line), ``Scrubber`` so no message can carry a
+  configured secret in any spelling;
 - ``LookupCache``: positive lookups for ``cache_ttl`` seconds (cachetools' ``TTLCache``);
 - ``BearerAuth``: a bearer token kept, renewed before expiry and once after a 401;
 - ``check_step()``, ``create_once()``, ``project_of()`` / ``field_value()`` and ``MOVIE_EXTENSIONS``;
 - adoption (a record of the same file made by a peer tool is taken, never duplicated):
   ``adopt_once()`` (journaled as adopted before anything else is sent), ``adopted_ref()``,
   ``FolderListing`` (one lookup per folder, kept ``ADOPT_TTL`` seconds) and ``same_file()``;
-- reading a publish's files: ``open_regular()`` / ``regular_size()`` (never follow a symlink,
-  never block on a FIFO or device swapped in for a file);
+- reading a publish's files: ``open_regular()`` / ``regular_size()``, the only way a backend reads
+  them (never follow a symlink, never block on a FIFO or device swapped in for a file, never read
+  outside the publish's root: ``UnsafeFile``);
 - tracker frame ranges (``expect_frames: tracker``): ``frame_range_cached()`` (one lookup per
   entity per ``cache_ttl``, a missing range included) and ``frame_range_of()``.
 """
 from __future__ import annotations
 
 import errno
-import fcntl
+import importlib
 import logging
 import math
 import os
 import re
 import stat as stat_mod
+import sys
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -40,9 +43,17 @@ from cachetools import TTLCache
 from pydantic import Field
 
 from ..errors import ConfigError, PermanentError, PublishError, RetryableError
+from ..host import (FILE_ATTRIBUTE_NORMAL, FILE_FLAG_OPEN_REPARSE_POINT, FILE_FLAG_SEQUENTIAL_SCAN, FILE_SHARE_DELETE,
+                    FILE_SHARE_READ, FILE_SHARE_WRITE, SHARING_ERRORS, Win32Files)
+from ..ignore import inside
 from ..model import Job, Publish, TrackerRef
+from ..names import shown
+from ..secrets import read_secret
 from .base import BackendSettings, CheckResult
-from .http import HttpClient, HttpError
+from .http import HttpClient, HttpError, hide_url_password
+
+if sys.platform != "win32":
+    import fcntl
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -107,7 +118,10 @@ def tls_verify(settings: TrackerSettings, config_dir: Path) -> bool | str:
 
 class Scrubber:
     """Replaces the configured secrets by ``***`` in text, and in any str/list/dict value
-    (a server may echo a submitted credential in its error body).
+    (a server may echo a submitted credential in its error body). Each secret is masked in
+    every spelling a message may carry it: as is, escaped as ``repr``/JSON write it (a library's
+    "invalid header value 'k3y\\n...'"), percent-encoded (a form body echoed back), and line by
+    line (a two-line key file). A password in any ``scheme://user:password@host`` is masked too.
 
     A secret shorter than ``SHORT`` characters is masked only where it stands alone: masking
     every ``t`` of a one-letter test token would garble the message and hide nothing."""
@@ -116,18 +130,54 @@ class Scrubber:
     SHORT = 8
 
     def __init__(self, *secrets: str | None) -> None:
-        found = sorted({s for s in secrets if s}, key=len, reverse=True)
+        found = sorted({v for s in secrets if s for v in spellings(s)}, key=len, reverse=True)
         self._pattern = re.compile("|".join(
             re.escape(s) if len(s) >= self.SHORT else rf"(?<!\w){re.escape(s)}(?!\w)" for s in found)) if found else None
 
     def __call__(self, value: Any) -> Any:
         if isinstance(value, str):
-            return self._pattern.sub(self.MASK, value) if self._pattern else value
+            return hide_url_password(self._pattern.sub(self.MASK, value) if self._pattern else value)
         if isinstance(value, dict):
             return {self(k): self(v) for k, v in value.items()}
         if isinstance(value, (list, tuple)):
             return type(value)(self(v) for v in value)
         return value
+
+
+def spellings(secret: str) -> set[str]:
+    """Every way a message may spell ``secret`` (see ``Scrubber``); blank lines left out."""
+    import json
+    from urllib.parse import quote, quote_plus
+
+    out = {secret, repr(secret)[1:-1], json.dumps(secret)[1:-1], quote(secret, safe=""), quote_plus(secret)}
+    lines = [line.strip() for line in secret.splitlines()]
+    if len(lines) > 1:
+        out.update(line for line in lines if line)
+    return {s for s in out if s.strip()}
+
+
+def line_secret(value: Any, file: Path | None, what: str, *, header: bool = False) -> str:
+    """A tracker credential from ``value`` (a ``SecretStr``, set in the file or by
+    ``WATCHER_TRACKER__...``) or else ``file`` (``read_secret``: surrounding whitespace and an
+    editor's final newline stripped), refused at start-up when it is not one line of printable
+    characters: a line break inside (a key file holding two lines, a pasted ``\\r``) would reach
+    an HTTP header, or be refused by the HTTP library with the secret in its message. ``header``:
+    sent in a header, so ASCII only. The message names the setting or the file, never the secret."""
+    try:
+        text = read_secret(value, file, what) or ""
+    except UnicodeDecodeError:  # read_secret names unreadable files; a binary one ends here
+        raise ConfigError(f"{what}_file: {file} is not UTF-8 text; put the secret in it as plain text") from None
+    from_file = not (value is not None and value.get_secret_value().strip())
+    where = f"{what}_file: {file}" if from_file else f"{what} (or WATCHER_{what.upper().replace('.', '__')})"
+    lines = len(text.splitlines())
+    if lines > 1:
+        raise ConfigError(f"{where}: the secret holds {lines} lines; keep the secret alone, on one line")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+        raise ConfigError(f"{where}: the secret holds a control character; keep the secret alone, on one line")
+    if header and not text.isascii():
+        raise ConfigError(f"{where}: the secret holds a character that is not ASCII (it is sent in an HTTP header); "
+                          "check that it was copied whole")
+    return text
 
 
 def tracker_http(settings: TrackerSettings, config_dir: Path, base_url: str, *, scrub: Scrubber,
@@ -378,6 +428,21 @@ def project_of(p: Publish, setting: int | str | None, *, key: str | None = None)
 
 
 # ---- reading a publish's files ----------------------------------------------------------------
+#
+# Admission (roots.py) checks a file when it arrives; a publish reads it seconds or hours later.
+# In between it can be replaced: by a symlink (or a parent folder by a symlink) to a file outside
+# the root, by a FIFO or a device. Every read for a publish (checksums, sizes, thumbnails,
+# previews, uploads) therefore goes through ``open_regular`` / ``regular_size``, which check
+# again at read time what is actually opened.
+#
+# On Windows a read must never get in an artist's way: the file is opened sharing read, write
+# and delete (a re-render, or a save that renames over the file, goes through while watcher
+# reads), and a sharing violation (a writer that shares nothing) is a retry, never a failure.
+# Callers hold a file only while reading it (``with open_regular(...)``), never across a wait.
+
+#: Whether reads go through ``CreateFileW`` (Windows) or ``os.open`` (POSIX). A module value so
+#: tests on Linux can drive the Windows code with a fake kernel32.
+WINDOWS = sys.platform == "win32"
 
 #: errnos of a read that a later attempt may get through (the rest are permanent).
 _TRANSIENT_ERRNOS = frozenset({errno.EIO, errno.EINTR, errno.EAGAIN, errno.EMFILE, errno.ENFILE, errno.ENOMEM,
@@ -387,57 +452,107 @@ _KINDS = ((stat_mod.S_ISFIFO, "a FIFO"), (stat_mod.S_ISCHR, "a character device"
           (stat_mod.S_ISLNK, "a symlink"))
 
 
+class UnsafeFile(PermanentError):
+    """The file is no longer what admission saw: a symlink, a FIFO, a device or a folder, or it
+    now resolves outside its root. Nothing of it is read or sent, and retrying cannot help."""
+
+
 def _kind(mode: int) -> str:
     return next((name for test, name in _KINDS if test(mode)), "not a regular file")
 
 
-def _read_error(path: str, what: str, exc: OSError) -> PublishError:
+def read_error(path: str, what: str, exc: OSError) -> PublishError:
+    """The publish error for an ``OSError`` met while opening or reading ``path``."""
     words = exc.strerror or str(exc)
+    if getattr(exc, "winerror", None) in SHARING_ERRORS:
+        return RetryableError(f"cannot read {shown(path)} for its {what}: another program is writing it or holds it "
+                              "without sharing (a Windows sharing or lock violation); trying again later")
     if exc.errno == errno.ENOENT:
-        return PermanentError(f"{path} vanished before it was published (its {what} was not read)")
+        return PermanentError(f"{shown(path)} vanished before it was published (its {what} was not read)")
     if exc.errno == errno.ELOOP:
-        return PermanentError(f"{path} is a symlink; watcher reads only regular files for the {what} "
-                              "(publish the file itself)")
+        return UnsafeFile(f"{shown(path)} is a symlink; watcher reads only regular files for the {what} "
+                          "(publish the file itself)")
     if exc.errno in _TRANSIENT_ERRNOS:
-        return RetryableError(f"cannot read {path} for its {what}: {words}")
-    return PermanentError(f"cannot read {path} for its {what}: {words}")
+        return RetryableError(f"cannot read {shown(path)} for its {what}: {words}")
+    return PermanentError(f"cannot read {shown(path)} for its {what}: {words}")
 
 
-def open_regular(path: str, what: str = "publish") -> BinaryIO:
-    """``path`` opened for reading, refusing anything but a regular file: ``O_NOFOLLOW`` (a
-    symlink is never followed) and ``O_NONBLOCK`` (a FIFO or device swapped in for the file
-    never blocks the worker), then ``fstat`` on the open descriptor, so what is read is what
-    was checked. ``what`` names the read in errors ("checksum", "thumbnail", "preview").
-    Refusals are ``PermanentError``; a transient I/O error is a ``RetryableError``."""
+def _admit(path: str, what: str, st: os.stat_result, root: str | None) -> None:
+    """The one read-time check: ``st`` (of the opened descriptor, or ``lstat``) is a regular
+    file, and the path, every symlink followed, is inside ``root`` (a parent folder swapped for
+    a link is caught here: ``O_NOFOLLOW`` only guards the last name)."""
+    if not stat_mod.S_ISREG(st.st_mode):
+        raise UnsafeFile(f"{shown(path)} is {_kind(st.st_mode)}, not a regular file; its {what} is not read")
+    if root:
+        real_root = os.path.realpath(root)
+        if not inside(real_root, path):
+            raise UnsafeFile(f"{shown(path)} resolves to {shown(os.path.realpath(path))}, outside its root "
+                             f"{shown(root)}; its {what} is not read (a folder or file replaced by a link after it "
+                             "settled)")
+
+
+def open_regular(path: str, what: str = "publish", *, root: str | None = None) -> BinaryIO:
+    """``path`` opened for reading, refusing anything but a regular file inside ``root`` (the
+    publish's ``root_path``; None only for files watcher made itself, a thumbnail in a temporary
+    folder): ``O_NOFOLLOW`` (a symlink is never followed) and ``O_NONBLOCK`` (a FIFO or device
+    swapped in for the file never blocks the worker), then ``fstat`` on the open descriptor and
+    the containment of its real path, and the real path must still name the very file opened (a
+    swap between the two is caught). ``what`` names the read in errors ("checksum",
+    "thumbnail", "preview"). Refusals are ``UnsafeFile`` or ``PermanentError``; a transient
+    I/O error is a ``RetryableError``.
+
+    On Windows the file is opened by ``CreateFileW`` sharing read, write and delete, with
+    ``FILE_FLAG_OPEN_REPARSE_POINT`` for ``O_NOFOLLOW`` (a symlink is opened as itself, and
+    ``fstat`` then refuses it); a sharing violation is a ``RetryableError``. Close the file
+    before any wait: a handle kept open keeps the file busy for Windows' own checks."""
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
-        fd = os.open(path, flags)
+        fd = _open_shared(path) if WINDOWS else os.open(path, flags)
     except OSError as exc:
-        raise _read_error(path, what, exc) from None
+        raise read_error(path, what, exc) from None
     try:
         st = os.fstat(fd)
-        if not stat_mod.S_ISREG(st.st_mode):
-            raise PermanentError(f"{path} is {_kind(st.st_mode)}, not a regular file; its {what} is not read")
-        # a regular file never blocks; clear the flag so reads behave as usual
-        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+        _admit(path, what, st, root)
+        if root:
+            again = os.stat(os.path.realpath(path))
+            if (again.st_dev, again.st_ino) != (st.st_dev, st.st_ino):
+                raise RetryableError(f"{shown(path)} was replaced while it was opened for its {what}; "
+                                     "trying again later")
+        if sys.platform != "win32" and not WINDOWS:
+            # a regular file never blocks; clear the flag so reads behave as usual
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
         return os.fdopen(fd, "rb")
     except OSError as exc:
         os.close(fd)
-        raise _read_error(path, what, exc) from None
+        raise read_error(path, what, exc) from None
     except BaseException:
         os.close(fd)
         raise
 
 
-def regular_size(path: str, what: str = "size") -> int:
-    """The size of ``path`` (``lstat``: a symlink is not followed), refusing anything but a
-    regular file, as ``open_regular`` does; nothing is opened."""
+def _open_shared(path: str) -> int:
+    """Windows: a read-only descriptor on ``path`` from ``CreateFileW`` sharing read, write and
+    delete, never following a final symlink; ``Win32Error`` (an ``OSError``) when refused."""
+    files = Win32Files()
+    handle = files.open(path, FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE,
+                        flags=FILE_ATTRIBUTE_NORMAL | FILE_FLAG_OPEN_REPARSE_POINT | FILE_FLAG_SEQUENTIAL_SCAN)
+    try:
+        fd: int = importlib.import_module("msvcrt").open_osfhandle(handle, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    except BaseException:
+        files.close(handle)  # the descriptor owns the handle only once it exists
+        raise
+    return fd
+
+
+def regular_size(path: str, what: str = "size", *, root: str | None = None) -> int:
+    """The size of ``path`` (``lstat``: a symlink is not followed), with the checks of
+    ``open_regular`` (a regular file, inside ``root``); nothing is opened for reading (on Windows
+    ``lstat`` asks for attributes only, which no share mode refuses)."""
     try:
         st = os.lstat(path)
     except OSError as exc:
-        raise _read_error(path, what, exc) from None
-    if not stat_mod.S_ISREG(st.st_mode):
-        raise PermanentError(f"{path} is {_kind(st.st_mode)}, not a regular file; its {what} is not read")
+        raise read_error(path, what, exc) from None
+    _admit(path, what, st, root)
     return st.st_size
 
 
@@ -476,8 +591,10 @@ def frame_range_of(first: Any, last: Any, names: tuple[str, str], where: str) ->
     return a, b
 
 
-__all__ = ["TrackerSettings", "no_blank_values", "config_path", "tls_verify", "Scrubber", "tracker_http", "LookupCache", "Token",
+__all__ = ["TrackerSettings", "no_blank_values", "config_path", "tls_verify", "Scrubber", "spellings",
+           "line_secret", "tracker_http", "LookupCache", "Token",
            "BearerAuth", "check_step", "create_once", "adopt_once", "adopted_ref", "same_file", "FolderListing",
            "ADOPT_TTL", "field_value", "project_of", "MOVIE_EXTENSIONS",
-           "SEQUENCE_KEYS", "EPISODE_KEYS", "ASSET_TYPE_KEYS", "open_regular", "regular_size",
+           "SEQUENCE_KEYS", "EPISODE_KEYS", "ASSET_TYPE_KEYS", "open_regular", "regular_size", "read_error",
+           "UnsafeFile",
            "frame_range_cached", "frame_range_of"]
