@@ -108,3 +108,34 @@ def test_liveness_on_windows_never_calls_os_kill(monkeypatch):
 @pytest.mark.parametrize("pid", [0, -1])
 def test_nonsense_pids_are_not_alive(pid):
     assert not process_alive(pid)
+
+
+def test_windows_console_close_logoff_shutdown_stop_the_agent_and_wait_for_it():
+    """Console control events reach the one stop path; for close/logoff/shutdown the handler
+    returns only once the agent has stopped (Windows ends the process when it returns)."""
+    import threading
+
+    from watcher.host import ConsoleStop
+
+    class Kernel32:
+        def __init__(self):
+            self.handlers = []
+
+        def SetConsoleCtrlHandler(self, routine, add):  # noqa: N802 - the Win32 name
+            (self.handlers.append if add else self.handlers.remove)(routine)
+            return 1
+
+    k = Kernel32()
+    seen: list[str] = []
+    stopped = threading.Event()
+    cs = ConsoleStop(seen.append, stopped, kernel32=k, functype=lambda fn: fn)
+    assert cs.install() and len(k.handlers) == 1
+    routine = k.handlers[0]
+    assert routine(0) == 1 and seen == ["CTRL_C_EVENT"]  # Ctrl+C: returns at once
+    assert routine(7) == 0 and seen == ["CTRL_C_EVENT"]  # not a control event we handle
+    threading.Timer(0.3, stopped.set).start()  # the agent finishes stopping a moment later
+    t0 = time.monotonic()
+    assert routine(2) == 1 and seen[-1] == "CTRL_CLOSE_EVENT"
+    assert 0.25 <= time.monotonic() - t0 < 3, "the close handler must wait for the stop, not for ever"
+    cs.remove()
+    assert k.handlers == []

@@ -303,6 +303,24 @@ def test_a_second_agent_on_the_same_configuration_exits_2_naming_the_first(tmp_p
     assert rc == 0 and "another watcher" not in err
 
 
+def test_run_installs_its_stop_handlers_on_an_os_without_sighup(monkeypatch):
+    """Windows has no SIGHUP: `watcher run` used to die at start-up there with AttributeError."""
+    import threading
+
+    hup = signal.SIGHUP
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, hup)}
+    monkeypatch.delattr(signal, "SIGHUP")
+    stop = threading.Event()
+    try:
+        cli._install_signals(stop, threading.Event())
+        assert signal.getsignal(hup) is saved[hup]  # nothing installed for a signal that is not there
+        signal.raise_signal(signal.SIGTERM)
+        assert stop.is_set()
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
 # -- mount marker -----------------------------------------------------------------------------------
 def test_a_missing_marker_takes_the_root_down_and_its_return_rescans(tmp_path, capsys, restore_logging):
     root = tmp_path / "shows"

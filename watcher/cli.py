@@ -267,10 +267,16 @@ def _rel(p: Path, base: Path) -> str:
         return str(p.resolve())
 
 
-def _install_signals(stop: threading.Event, reload: threading.Event | None = None) -> None:
+def _install_signals(stop: threading.Event, reload: threading.Event | None = None,
+                     stopped: threading.Event | None = None) -> None:
+    """One stop path: SIGTERM/SIGINT (and SIGHUP to reload) on POSIX; on Windows also the
+    console's control events (window closed, logoff, shutdown), which no signal reports.
+    ``stopped`` is set once the agent has stopped: Windows waits for it before ending us."""
+    hup = getattr(signal, "SIGHUP", None)  # Windows has none: `run` would not even start there
+
     def handler(signum: int, _frame: Any) -> None:
         name = signal.Signals(signum).name
-        if signum == signal.SIGHUP and reload is not None:
+        if signum == hup and reload is not None:
             log.info("received SIGHUP; reloading the configuration")
             reload.set()
             return
@@ -279,7 +285,19 @@ def _install_signals(stop: threading.Event, reload: threading.Event | None = Non
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGHUP, handler)  # `run` reloads; a one-shot `scan` stops cleanly
+    if hup is not None:
+        signal.signal(hup, handler)  # `run` reloads; a one-shot `scan` stops cleanly
+    if sys.platform == "win32":
+        from .host import ConsoleStop
+
+        def on_console(name: str) -> None:
+            log.info("received %s; shutting down", name)
+            stop.set()
+
+        try:
+            ConsoleStop(on_console, stopped or threading.Event()).install()
+        except (OSError, AttributeError) as exc:  # a service without a console has none to watch
+            log.debug("no console control handler: %s", exc)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -288,7 +306,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .systemd import Notifier
 
     stop, reload = threading.Event(), threading.Event()
-    _install_signals(stop, reload)  # first: a SIGTERM during start-up still means a clean stop
+    stopped = threading.Event()
+    _install_signals(stop, reload, stopped)  # first: a SIGTERM during start-up still means a clean stop
     settings = _settings(args, agent=True)
     if getattr(args, "http", None):
         problem = http_problem(args.http, settings.http_token_file)
@@ -326,6 +345,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         if lock is not None:
             lock.release()
+        stopped.set()
     return EXIT_OK
 
 

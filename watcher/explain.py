@@ -8,6 +8,7 @@ from typing import Any, Sequence
 
 from .names import decodable, one_line, stored
 from .roots import Refusal, RootRuntime, file_kind
+from .paths import RootPath
 
 
 def explain_path(roots: Sequence[RootRuntime], raw: str) -> dict[str, Any]:
@@ -15,8 +16,9 @@ def explain_path(roots: Sequence[RootRuntime], raw: str) -> dict[str, Any]:
     path = os.path.abspath(raw)
     if not any(r.relative(path) is not None for r in roots):
         for r in roots:  # named by the real path of a root configured through a symlinked mount
-            if r.real != r.path and path.startswith(r.real.rstrip("/") + "/"):
-                path = r.path + path[len(r.real.rstrip("/")):]
+            rel = RootPath.of(r.real).relative(path, normalise=False) if r.real != r.path else None
+            if rel is not None:
+                path = os.path.join(r.path, *rel.split("/"))
                 break
     res: dict[str, Any] = {"path": stored(path)}  # JSON and a terminal hold no undecodable bytes
     for r in roots:

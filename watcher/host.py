@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import ctypes
+import threading
 import errno
 import logging
 import os
@@ -311,3 +312,49 @@ __all__ = ["process_alive", "process_started", "START_SLACK", "WriterProbe", "Sh
            "GENERIC_READ", "FILE_SHARE_READ", "FILE_SHARE_WRITE", "FILE_SHARE_DELETE", "OPEN_EXISTING",
            "FILE_ATTRIBUTE_NORMAL", "FILE_FLAG_OPEN_REPARSE_POINT", "FILE_FLAG_SEQUENTIAL_SCAN",
            "ERROR_SHARING_VIOLATION", "ERROR_LOCK_VIOLATION", "INVALID_HANDLE_VALUE"]
+
+
+# ---- stopping as Windows asks -------------------------------------------------------------------
+
+CTRL_EVENTS = {0: "CTRL_C_EVENT", 1: "CTRL_BREAK_EVENT", 2: "CTRL_CLOSE_EVENT", 5: "CTRL_LOGOFF_EVENT",
+               6: "CTRL_SHUTDOWN_EVENT"}
+CLOSE_GRACE = 4.5  # Windows ends the process 5 s after a close/logoff/shutdown event's handler starts
+
+
+class ConsoleStop:
+    """Windows console control events (Ctrl+C, Ctrl+Break, the console window closed, logoff,
+    shutdown) fed into the agent's one stop path. POSIX signals never see a closed console or a
+    logoff, and Windows kills the process once the handler returns, so for those the handler
+    waits (up to ``CLOSE_GRACE``) until ``stopped`` is set by the shutdown it started.
+
+    ``kernel32`` defaults to ``ctypes.WinDLL("kernel32")``; tests on Linux pass a fake. The
+    callback object is kept on the instance: ctypes must not free it while Windows holds it."""
+
+    def __init__(self, on_stop: Callable[[str], None], stopped: threading.Event, kernel32: Any = None,
+                 functype: Any = None) -> None:
+        if kernel32 is None:
+            windll = getattr(ctypes, "WinDLL", None)
+            if windll is None:
+                raise ProbeUnavailable("console control events exist only on Windows")
+            kernel32 = windll("kernel32", use_last_error=True)
+        if functype is None:
+            functype = getattr(ctypes, "WINFUNCTYPE")(ctypes.c_int, ctypes.c_uint32)
+        self._k = kernel32
+        self._on_stop = on_stop
+        self._stopped = stopped
+        self._routine = functype(self._handle)
+
+    def install(self) -> bool:
+        return bool(self._k.SetConsoleCtrlHandler(self._routine, 1))
+
+    def remove(self) -> None:
+        self._k.SetConsoleCtrlHandler(self._routine, 0)
+
+    def _handle(self, event: int) -> int:
+        name = CTRL_EVENTS.get(event)
+        if name is None:
+            return 0  # not ours: the next handler (or Windows' default) decides
+        self._on_stop(name)
+        if event in (2, 5, 6):  # the process ends when we return: let the shutdown finish first
+            self._stopped.wait(CLOSE_GRACE)
+        return 1

@@ -763,10 +763,10 @@ def _no_tracker_range(publish: Publish) -> Answer:
 
 def _records(cand: Candidate) -> list[FileRecord]:
     """The journal's records of a candidate's files: root name + root-relative path."""
-    base = len(cand.scope.path) + 1
+    base = len(cand.scope.path.rstrip("/\\" if os.sep == "\\" else "/")) + 1  # a root at `/` or `P:\`
     out = []
     for p, f in cand.files.items():
-        d, _, name = p[base:].rpartition("/")
+        d, _, name = p[base:].replace(os.sep, "/").rpartition("/")
         out.append(FileRecord(cand.scope.name, d, name, f.size, f.mtime_ns))
     return out
 

@@ -14,7 +14,7 @@ from cachetools import LRUCache
 
 from .candidate import RootScope, Windows
 from .completion import Signals
-from .config import RootSettings, Settings
+from .config import RootSettings, Settings, resolve_observer
 from .errors import JournalError
 from .ignore import Ignorer, inside
 from .match import TemplateSet, load_templates
@@ -224,8 +224,9 @@ def load_roots(settings: Settings, *, log_warnings: bool = True) -> list[RootRun
         ts = load_templates(rc.templates)
         for w in ts.warnings if log_warnings else ():
             log.warning("templates %s: %s", rc.templates, w)
-        if log_warnings and rc.observer_note:
-            log.info("%s", rc.observer_note)
+        resolve_observer(rc)  # `auto` decided once (load_settings did it for a configuration file)
+        if log_warnings and rc.observer_note:  # a network root polled is news; a local one watched natively is not
+            log.log(logging.INFO if rc.observer == "polling" else logging.DEBUG, "%s", rc.observer_note)
         settle, seq = settings.settle_for(rc)
         root = RootPath.probed(str(rc.path))  # the spelling as configured: `P:\\` keeps its separator
         path = root.spelling

@@ -39,7 +39,7 @@ def walk(name: str, root: str, ignorer: Ignorer, known: Callable[[str], dict[str
     ``verify`` also stats the files the journal knows and yields those whose size or mtime
     moved (rewritten in place): periodic and lost-event rescans pay that, start-up does not."""
     stack = [start or root]
-    base = len(root.rstrip("/")) + 1
+    base = len(root.rstrip("/\\" if os.sep == "\\" else "/")) + 1  # `P:\` and `/` keep their separator
     while stack:
         if stopped():
             return
@@ -54,7 +54,7 @@ def walk(name: str, root: str, ignorer: Ignorer, known: Callable[[str], dict[str
                         d, exc.strerror or exc)
             continue
         stats.dirs += 1
-        rel_dir = d[base:]
+        rel_dir = d[base:].replace(os.sep, "/")
         # the journal's records of this directory (root-relative); it holds none under a name that
         # is not UTF-8 (it cannot store one: such files are refused at admission, the rest below
         # still walked and published)
@@ -63,7 +63,7 @@ def walk(name: str, root: str, ignorer: Ignorer, known: Callable[[str], dict[str
         try:
             with it:
                 for entry in it:
-                    rel = entry.path[base:]
+                    rel = entry.path[base:].replace(os.sep, "/")
                     try:
                         if entry.is_dir(follow_symlinks=False):
                             if not ignorer.ignored_dir(rel):

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field  # the Key attribute `field` shadows the name in the class body
 from typing import Any
 
 from fileseq import PAD_STYLE_HASH1, FileSequence
@@ -52,8 +53,8 @@ class Key:
     name: str
     field: str
     default: Any = None
-    choices: list[Any] = field(default_factory=list)
-    exclusions: list[str] = field(default_factory=list)
+    choices: list[Any] = dataclass_field(default_factory=list)
+    exclusions: list[str] = dataclass_field(default_factory=list)
     length: int | None = None
     shotgun_entity_type: str | None = None
     shotgun_field_name: str | None = None

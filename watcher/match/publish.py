@@ -261,7 +261,9 @@ class SpecBuilder:
 
     def __call__(self, fields: dict[str, Any], relpath: str, frame_span: tuple[int, int] | None) -> PublishSpec:
         """``frame_span`` is relative to ``relpath``. (Getters inlined: this runs per file.)"""
-        g = self.entity
+        # a getter is a field name or a callable; `__class__ is str` (cheaper than isinstance
+        # here) does not narrow for mypy, hence Any
+        g: Any = self.entity
         ent = None if g is None else (fields.get(g) if g.__class__ is str else g(fields))
         g = self.name
         name = None if g is None else (fields.get(g) if g.__class__ is str else g(fields))

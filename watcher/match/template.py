@@ -29,7 +29,8 @@ def expand_sections(definition: str) -> list[str]:
     """Every variant of a definition with optional ``[...]`` sections, longest first.
     ``{a}[_{b}]`` -> ``['{a}_{b}', '{a}']``. Nested or unbalanced brackets are refused."""
     parts: list[tuple[bool, str]] = []
-    buf, depth, start = [], 0, 0
+    buf: list[str] = []
+    depth, start = 0, 0
     for i, ch in enumerate(definition):
         if ch == "[":
             if depth:
@@ -119,7 +120,9 @@ class Variant:
         """A fragment with named groups ``{prefix}_{n}`` for each distinct field (repeats are
         backreferences), and a group for the frame occurrence. Returns (fragment, [(group,
         key)], frame group name)."""
-        out, groups, first = [], [], {}
+        out: list[str] = []
+        groups: list[tuple[str, Key]] = []
+        first: dict[str, str] = {}
         frame_group = None
         for i, t in enumerate(self.tokens):
             if isinstance(t, str):
@@ -227,6 +230,7 @@ class Variant:
         longest valid value for the key and report how the literal then differs (deeper, and
         more useful, than "the literal never follows")."""
         key, nxt = self.tokens[ti], self.tokens[ti + 1]
+        assert isinstance(key, Key) and isinstance(nxt, str)  # the caller checked: a key, then a literal
         for e in range(seg_end, pos, -1):
             try:
                 key.convert(path[pos:e], check=True)

@@ -10,12 +10,15 @@ messages and bodies of the errors raised."""
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 import time
 from typing import Any, Callable
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
+import truststore
+from requests.adapters import HTTPAdapter
 
 from ..errors import PermanentError, RetryableError
 from ..logs import hide_url_password
@@ -62,6 +65,25 @@ def _tls_reason(exc: Exception) -> str:
     return ("certificate verify failed: " + m.group(1).strip()) if m else type(exc).__name__
 
 
+class OsTrustAdapter(HTTPAdapter):
+    """Verifies servers against the operating system's trust store (macOS Keychain, the Windows
+    certificate store, OpenSSL's store on Linux) instead of requests' bundled certifi list:
+    studios install their internal CA there, once, for every program. Used when neither
+    ``verify_tls: false`` nor ``ca_bundle`` says otherwise."""
+
+    def __init__(self) -> None:
+        self._context = truststore.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        super().__init__()
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["ssl_context"] = self._context
+        super().init_poolmanager(*args, **kwargs)
+
+    def proxy_manager_for(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["ssl_context"] = self._context
+        return super().proxy_manager_for(*args, **kwargs)
+
+
 class HttpClient:
     """``request()`` returns the decoded JSON body (or None for an empty body).
 
@@ -95,6 +117,8 @@ class HttpClient:
         if s is None:
             s = requests.Session()
             s.verify = self.verify
+            if self.verify is True:  # no studio bundle named: the OS's own trust store
+                s.mount("https://", OsTrustAdapter())
             s.headers.update(self.headers)
             self._local.session = s
             with self._lock:
