@@ -430,7 +430,7 @@ def test_pg_two_agents_publish_each_row_once_through_the_pipeline(pg_url):
     n = 600
     for i in range(0, n, 20):  # rows arrive while both agents claim in batches
         seed.add_many([(pub(key=f"shows:render:{k}"), []) for k in range(i, i + 20)])
-        time.sleep(0.05)
+        time.sleep(0.1)  # 3 s of arrivals: on a loaded machine both agents get to claim some
     deadline = time.monotonic() + 30
     while seed.counts()["published"] < n and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -414,12 +414,15 @@ def test_windows_lint_and_the_auto_choice_reach_check_and_the_log(tmp_path, caps
     cfg = write_config(tmp_path, [{"name": "shows", "path": str(root), "templates": str(templates)}])
     assert cli.main(["-c", str(cfg), "check"]) == 0
     assert "Windows" not in capsys.readouterr().out
-    # the observer `auto` chose is said once when the roots load
+    # a local root watched natively is not news at INFO (every command would say it); at DEBUG it is said once
     from watcher.roots import load_roots
 
-    load_roots(load_settings(cfg))  # logging as `check` set it up: to stderr
+    load_roots(load_settings(cfg))  # logging as `check` set it up: to stderr, INFO
+    assert "watching it natively" not in capsys.readouterr().err
+    logging.getLogger().setLevel(logging.DEBUG)
+    load_roots(load_settings(cfg))
     said = [line for line in capsys.readouterr().err.splitlines() if "watching it natively" in line]
-    assert len(said) == 1 and said[0].endswith(f"INFO    watcher: root shows: {root} is on a local file system "
+    assert len(said) == 1 and said[0].endswith(f"DEBUG   watcher: root shows: {root} is on a local file system "
                                                 "(ext4): watching it natively")
 
 

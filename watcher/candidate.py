@@ -5,7 +5,7 @@ candidate of one. The settle stage groups files under their key; a settled candi
 from __future__ import annotations
 
 import json
-from json.encoder import encode_basestring as _encode_str  # type: ignore[attr-defined]
+from json.encoder import encode_basestring as _encode_str
 import logging
 import os
 from dataclasses import dataclass, field

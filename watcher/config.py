@@ -186,7 +186,7 @@ def is_loopback(host: str) -> bool:
         infos = socket.getaddrinfo(host, None)
     except OSError:
         return False
-    return bool(infos) and all(ipaddress.ip_address(i[4][0].split("%")[0]).is_loopback for i in infos)
+    return bool(infos) and all(ipaddress.ip_address(str(i[4][0]).split("%")[0]).is_loopback for i in infos)
 
 
 def read_token(path: str | os.PathLike[str]) -> str:
@@ -361,6 +361,7 @@ class Settings(BaseSettings):
         return list(dict.fromkeys([*self.on_publish, *own]))
 
     def journal_url(self) -> str:
+        assert self.state_dir is not None  # set by the validator
         return self.journal or f"sqlite:///{self.state_dir / 'journal.db'}"
 
     def settle_for(self, root: RootSettings) -> tuple[float, float]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-SAMPLES = {
+SAMPLES: dict[str, list[int | None] | None] = {
     # a 24-frame render sequence with one missing frame, reported as a hole
     "sequences/sq010/sh010/comp/publish/renders/beauty/v001/beauty.{frame:04d}.exr": [
         f for f in range(1001, 1025) if f != 1013],

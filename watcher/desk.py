@@ -255,11 +255,12 @@ class DeskApp:
         status, age = self._status(now)
         roots = []
         for rc in self.settings.roots:
-            live = dict((status or {}).get("roots", {}).get(rc.name) or {})
-            roots.append({"name": rc.name, "path": str(rc.path), "observer": live.pop("observer", rc.observer),
-                          "up": live.pop("up", None), "rescans": live.pop("rescans", None),
-                          "last_rescan_reason": live.pop("last_rescan_reason", None), "path_live": live.pop("path", None),
-                          "unmatched": live.pop("unmatched_files", None), "extra": live})
+            reported = dict((status or {}).get("roots", {}).get(rc.name) or {})
+            roots.append({"name": rc.name, "path": str(rc.path), "observer": reported.pop("observer", rc.observer),
+                          "up": reported.pop("up", None), "rescans": reported.pop("rescans", None),
+                          "last_rescan_reason": reported.pop("last_rescan_reason", None),
+                          "path_live": reported.pop("path", None),
+                          "unmatched": reported.pop("unmatched_files", None), "extra": reported})
         extra = {k: v for k, v in (status or {}).items() if k not in STATUS_SHOWN}
         waiting = {k: v for k, v in extra.items() if WAITING_KEYS.search(k)}
         agent_details = {k: v for k, v in extra.items() if k not in waiting}
@@ -296,6 +297,7 @@ class DeskApp:
                 "reason": e.reason, "ignored": e.ignored}
 
     def _status(self, now: float) -> tuple[dict[str, Any] | None, float | None]:
+        assert self.settings.state_dir is not None  # set by the settings validator
         path = Path(self.settings.state_dir) / "status.json"
         try:
             data = json.loads(path.read_text(encoding="utf-8"))

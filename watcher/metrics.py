@@ -26,7 +26,7 @@ log = logging.getLogger("watcher")
 LATENCY_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900, 3600)
 
 
-class CountingQueue(queue.Queue):  # type: ignore[type-arg]
+class CountingQueue(queue.Queue):
     """The pipeline's event queue, counting what the pipeline takes off it by kind (so the
     pipeline itself needs no metrics code)."""
 

@@ -277,7 +277,8 @@ def _inotify(root: str, on_lost: OnLost) -> tuple[Callable[[], BaseObserver], Re
                 if event.ev.is_moved_to and not full_events:  # no IN_MOVED_FROM paired with it
                     self.queue_event(FileArrivedEvent(self._decode_path(event.path)))
                     return
-            super().build_and_queue_event(event, full_events=full_events)
+            # watchdog 6 has no build_and_queue_event (nor calls it); `unused-ignore`: watchdog 7 has it
+            super().build_and_queue_event(event, full_events=full_events)  # type: ignore[misc, unused-ignore]
 
     def make() -> BaseObserver:
         obs = wd.InotifyObserver()
@@ -342,7 +343,7 @@ def _fsevents(root: str, on_lost: OnLost) -> tuple[Callable[[], BaseObserver], R
 
 
 # -- Windows -----------------------------------------------------------------------------------
-class _OverflowQueue(queue.Queue):  # type: ignore[type-arg]
+class _OverflowQueue(queue.Queue):
     """The buffer queue of watchdog's ReadDirectoryChangesW reader. The reader queues one empty
     buffer when its thread has started; after that an empty buffer is the API's overflow answer
     (success with no bytes: every change since the last read is lost), which watchdog skips."""
@@ -370,7 +371,8 @@ def _windows(root: str, on_lost: OnLost) -> tuple[Callable[[], BaseObserver], Re
                     "rescans", root)
         return wd.WindowsApiObserver, WINDOWS
 
-    class Reader(winapi.DirectoryChangeReader):  # type: ignore[misc, valid-type]
+    # watchdog 6 has no DirectoryChangeReader (returned above); `unused-ignore`: watchdog 7 has it
+    class Reader(winapi.DirectoryChangeReader):  # type: ignore[name-defined, unused-ignore]
         def __init__(self, path: str, *, recursive: bool) -> None:
             super().__init__(path, recursive=recursive)
             self._buf_queue = _OverflowQueue(lambda: on_lost(root, "ReadDirectoryChangesW buffer overflow"))

@@ -14,6 +14,7 @@ import re
 import threading
 import time
 from dataclasses import replace
+from functools import partial
 from typing import Any, Callable, Iterator
 
 from .candidate import Candidate, build_publish, candidate_key, publish_path, seq_padding
@@ -269,6 +270,7 @@ class Pipeline(threading.Thread):
         self._new_dirs[path] = now
 
     def _file(self, r: RootRuntime, path: str, kind: Kind, synthetic: bool) -> None:
+        st: os.stat_result | Refusal
         if kind is Kind.CLOSED and self.settler.knows(path):
             # The close of a file admitted and matched at its create: only its stat is news (a
             # file turned into a link or a FIFO since is dropped by the settler).
@@ -790,14 +792,15 @@ def on_disk(roots: list[RootRuntime], journal: Any, stats: ScanStats, *, known_k
         settler = Settler()
         keys = KeyCache()
         rows: dict[str, Row | None] = {}
-        for ev in walk(r.name, r.path, r.ignorer, lambda rel, name=r.name: journal.known_files(name, rel), stats,
-                       stopped=lambda r=r: tick(r)):
+        for ev in walk(r.name, r.path, r.ignorer, partial(journal.known_files, r.name), stats,
+                       stopped=partial(tick, r)):
             if not isinstance(ev, FsEvent):
                 continue
             rel = r.relative(ev.path)
             st = r.admit(rel, ev.path) if rel is not None else Refusal.NOT_A_FILE
             if isinstance(st, Refusal):
                 continue
+            assert rel is not None  # a path outside the root was refused just above
             m = r.templates.match(rel)
             if not m or m.publish is None:
                 continue

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 from collections.abc import Mapping
 
 log = logging.getLogger("watcher")
@@ -28,6 +29,8 @@ class Notifier:
 
     def send(self, *lines: str) -> bool:
         if not self.address:
+            return False
+        if sys.platform != "linux":  # systemd is Linux-only, and so is SOCK_CLOEXEC (AF_UNIX too on Windows)
             return False
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:

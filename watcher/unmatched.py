@@ -185,7 +185,9 @@ def entries(db: Database, *, root: str | None = None, since: float | None = None
             limit: int | None = None) -> list[Entry]:
     """Listed files, newest arrival first; ``since`` is a timestamp, ``search`` a case-insensitive
     substring of the path or the reason."""
-    sql, args, cond = "SELECT root, path, arrived_at, updated_at, closest, reason FROM unmatched", [], []
+    sql = "SELECT root, path, arrived_at, updated_at, closest, reason FROM unmatched"
+    args: list[Any] = []
+    cond: list[str] = []
     if root is not None:
         cond.append("root=?")
         args.append(root)

@@ -198,8 +198,9 @@ class Deliverer(threading.Thread):
             (DeliveryStatus.PENDING.value,)).fetchall())
         for (owner,) in owners:
             if owner != self.agent and not alive(owner):
-                self.db.write(lambda cur, o=owner: cur.execute(
-                    "UPDATE deliveries SET agent=NULL, lease_until=NULL WHERE agent=?", (o,)))
+                def release(cur: Cursor, o: str = owner) -> Any:
+                    return cur.execute("UPDATE deliveries SET agent=NULL, lease_until=NULL WHERE agent=?", (o,))
+                self.db.write(release)
 
     def _claim(self) -> Delivery | None:
         now = self._clock()

@@ -25,6 +25,7 @@ import json
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable, Iterable, Protocol, TypeVar
 
 from cachetools import LRUCache
@@ -470,9 +471,9 @@ class Journal:
         held = [p.key for p in firsts if p.key not in created]
         known: dict[str, int] = {}
         for i in range(0, len(held), 500):
-            chunk = held[i:i + 500]
+            keys = held[i:i + 500]
             known.update((key, rid) for rid, key in cur.execute(
-                f"SELECT id, key FROM publishes WHERE key IN ({','.join('?' * len(chunk))})", chunk).fetchall())
+                f"SELECT id, key FROM publishes WHERE key IN ({','.join('?' * len(keys))})", keys).fetchall())
         out: list[tuple[int, bool]] = []
         files: list[FileRecord] = []
         owner: dict[tuple[str, str, str], int] = {}
@@ -559,6 +560,7 @@ class Journal:
         finds it). ``then`` runs for each row recorded, in the same transaction (webhooks)."""
         t = TRANSITIONS["published"]
         assert t.owned and t.to is not None
+        to: Status = t.to  # narrowed here: the closure below cannot see the assert
 
         def run(cur: Cursor) -> list[int]:
             now = self._clock()
@@ -574,7 +576,7 @@ class Journal:
                     f"adopted=v.column4, published_at=?, updated_at=?, last_error=NULL, uncertain=FALSE, "
                     f"attempts=attempts+1, agent=NULL, lease_until=NULL FROM (VALUES {values}) AS v "
                     f"WHERE publishes.id=v.column1 AND publishes.status=? AND publishes.agent=? RETURNING publishes.id",
-                    (t.to.value, tracker, now, now, *args, t.frm[0].value, agent)).fetchall()
+                    (to.value, tracker, now, now, *args, t.frm[0].value, agent)).fetchall()
                 moved.update(r[0] for r in rows)
             recorded = [(row_id, ref) for row_id, ref in done if row_id in moved]
             cur.executemany("INSERT INTO events (publish_id, at, status, message) VALUES (?,?,?,?)",
@@ -582,7 +584,7 @@ class Journal:
                              for row_id, ref in recorded])
             if then is not None:
                 for row_id, _ref in recorded:
-                    then(cur, row_id, lambda rid=row_id: self._get(cur, rid))
+                    then(cur, row_id, partial(self._get, cur, row_id))
             return [row_id for row_id, _ in done if row_id not in moved]
 
         return self.db.write(run) if done else []
@@ -681,7 +683,9 @@ class Journal:
     # -- reads -------------------------------------------------------------------------------
     def rows(self, status: Status | None = None, *, ids: Iterable[int] | None = None,
              limit: int | None = None) -> list[Row]:
-        sql, args, cond = f"SELECT {COLUMNS} FROM publishes", [], []
+        sql = f"SELECT {COLUMNS} FROM publishes"
+        args: list[Any] = []
+        cond: list[str] = []
         if status is not None:
             cond.append("status=?")
             args.append(status.value)
@@ -705,7 +709,8 @@ class Journal:
         out: list[Row] = []
         before: int | None = None
         while limit is None or len(out) < limit:
-            cond, args = [], []
+            cond: list[str] = []
+            args: list[Any] = []
             if status is not None:
                 cond.append("status=?")
                 args.append(status.value)
@@ -808,7 +813,7 @@ class Journal:
         return out
 
     def events(self, publish_id: int) -> list[tuple[float, str, str | None]]:
-        return [tuple(r) for r in self.db.read(lambda cur: cur.execute(  # type: ignore[misc]
+        return [tuple(r) for r in self.db.read(lambda cur: cur.execute(
             "SELECT at, status, message FROM events WHERE publish_id=? ORDER BY id", (publish_id,)).fetchall())]
 
     def close(self) -> None:

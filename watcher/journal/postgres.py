@@ -136,8 +136,9 @@ class PostgresDatabase(Database):
         # Defaults the URL may override. Keepalives: an agent behind a dead network link finds
         # out in about a minute instead of hanging. No server-side prepared statements, so a
         # PgBouncer in transaction mode works.
-        defaults = {"connect_timeout": connect_timeout, "application_name": "watcher", "keepalives": 1,
-                    "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
+        defaults: dict[str, Any] = {"connect_timeout": connect_timeout, "application_name": "watcher",
+                                    "keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
+                                    "keepalives_count": 3}
         self._kwargs = {k: v for k, v in defaults.items() if k not in params}
         self._local = threading.local()
         self._conns: list[tuple[threading.Thread, psycopg.Connection[Any]]] = []

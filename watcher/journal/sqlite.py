@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import sys
 import threading
 import time
 from pathlib import Path
@@ -344,11 +345,13 @@ class SqliteDatabase(Database):
                          f"damaged: {len(bad)} problem(s), first: {bad[0]}; stop the agent and restore the journal "
                          f"from a backup (`sqlite3 {self.path} .recover` saves what can be read)"))
         out.append(self._write_probe())
-        try:
-            st = os.statvfs(self.path.parent)
-            free = st.f_frsize * (st.f_bfree if os.geteuid() == 0 else st.f_bavail)
-        except (OSError, AttributeError):
-            free = None
+        free: int | None = None
+        if sys.platform != "win32":  # no statvfs (nor geteuid) on Windows: no disk line there
+            try:
+                st = os.statvfs(self.path.parent)
+                free = st.f_frsize * (st.f_bfree if os.geteuid() == 0 else st.f_bavail)
+            except (OSError, AttributeError):
+                free = None
         if free is not None:
             out.append(Probe(free >= 1 << 20, "disk", f"{free / (1 << 20):.0f} MiB free" if free >= 1 << 20 else
                              f"the disk holding {self.path} is full ({free} bytes free); free space there"))

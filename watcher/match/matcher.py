@@ -16,7 +16,7 @@ import fnmatch
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 from ..names import nfc, respelled
 from .keys import PLACEHOLDER_NOTE, Key, SequenceKey, StrKey, printf_token
@@ -53,7 +53,7 @@ class Match:
     relpath: str = ""
     seq_padding: int = 0
 
-    def __bool__(self) -> bool:
+    def __bool__(self) -> Literal[True]:  # Literal: `if m` narrows Match | Miss for mypy
         return True
 
     def sequence_pattern(self) -> str:
@@ -90,7 +90,7 @@ class Miss:
         self.ambiguous = ambiguous
         self._closest, self._reason, self._diagnose = closest, reason, diagnose
 
-    def __bool__(self) -> bool:
+    def __bool__(self) -> Literal[False]:  # see Match.__bool__
         return False
 
     def _resolve(self) -> None:
@@ -133,7 +133,7 @@ class _Alt:
         self.fields = tuple(k.field for _, k in groups)
         self.ints = tuple(k.field for _, k in groups if k.type_name == "int" and not k.needs_check)
         # other sequence keys may hold a placeholder: their own conversion decides
-        self.convs = tuple((k.field, k) for _, k in groups
+        self.convs: tuple[tuple[str, Key], ...] = tuple((k.field, k) for _, k in groups
                            if isinstance(k, SequenceKey) and k is not variant.frame_key and not k.needs_check)
         self.checks = tuple((k.field, k) for _, k in groups if k.needs_check)
         self.frame_group = frame_group
@@ -223,6 +223,7 @@ class _FrameHit:
     __slots__ = ("proto", "fields", "frame_field", "sign", "s", "n", "z")
 
     def __init__(self, m: Match, sign: int, s: int, n: int, z: bool) -> None:
+        assert m.frame_key is not None  # cached for framed matches only
         self.frame_field, self.sign, self.fields = m.frame_key, sign, dict(m.fields)
         self.proto = dict(m.__dict__)
         # the key is prefix+suffix: the run's position, width and leading zero must agree too
@@ -271,6 +272,7 @@ class TemplateSet:
             return out_all
         out: dict[str, PublishRule | None] = {n: None for n in self.names}
         exact = {r.pattern for r in self.rules if r.pattern in self.templates}
+        rule: PublishRule | None  # the second loop below reads `out`, whose values may be None
         for rule in self.rules:
             targets = rule_targets(rule, self.names)
             if not targets:
@@ -350,6 +352,7 @@ class TemplateSet:
         m = group.regex.fullmatch(relpath)
         if m is None:
             return self._miss(relpath)
+        assert m.lastindex is not None  # every alternative is a group: the one that matched is set
         alt = group.by_index[m.lastindex]
         names = alt.names
         fields = dict(zip(alt.fields, m.group(*names) if len(names) > 1 else (m.group(names[0]),)))
@@ -364,6 +367,7 @@ class TemplateSet:
             except ValueError:
                 return self._slow(relpath, group)
         for peer in alt.peers:
+            assert peer.single is not None  # compiled when it became a peer (_Group)
             if peer.single.fullmatch(relpath) and self._slow_one(peer.variant, relpath) is not None:
                 return self._ambiguous(relpath, alt.template, peer.template)
         if alt.frame_field is None:  # a single file: no frame, no cache (inlined: the second hot path)
@@ -379,6 +383,7 @@ class TemplateSet:
         # keys out of file names, and the directory part is the same text
         if run is not None and result.frame is not None and group.digit_safe:
             s, e = run.span(1)
+            assert result.frame_span is not None  # a match with a frame has its span
             sign = s - result.frame_span[0]
             if result.frame_span[1] == e and sign in (0, 1):
                 if len(self._fcache) >= _CACHE_MAX:
@@ -413,6 +418,7 @@ class TemplateSet:
 
     def _finish(self, relpath: str, alt: _Alt, fields: dict[str, Any], m: re.Match[str]) -> Match:
         """A Match whose template has a frame key."""
+        assert alt.frame_group is not None and alt.frame_key is not None  # callers: alt.frame_field is set
         span = m.span(alt.frame_group)
         return _framed(alt.template, fields, alt.frame_key, m.group(alt.frame_group), span, alt.spec, relpath)
 

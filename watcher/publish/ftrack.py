@@ -865,8 +865,9 @@ class FtrackBackend(Backend):
             out.append(CheckResult(False, "credentials", f"the key works but user {s.api_user!r} was not found"))
         else:
             out.append(CheckResult(True, "credentials", f"{s.api_user} on {s.server_url} (ftrack {version})"))
-        if s.project:
-            out.append(check_step(f"project {s.project!r}", lambda: f"id {self._project(s.project)['id']}"))
+        project = s.project  # a local: narrowed by the `if` inside the lambda too
+        if project:
+            out.append(check_step(f"project {project!r}", lambda: f"id {self._project(project)['id']}"))
         codes = sorted(set(s.asset_types.values()) | ({s.default_asset_type} if s.default_asset_type else set()))
         if not codes:
             out.append(CheckResult(False, "asset types", "tracker.asset_types is empty and no default_asset_type is set"))
@@ -878,7 +879,9 @@ class FtrackBackend(Backend):
                 return f"{known[code]['name']}"
             out.append(check_step(f"asset type {code!r}", one))
         for tmpl, ftype in sorted(s.object_types.items()):
-            out.append(check_step(f"object type {ftype!r}", lambda tmpl=tmpl: f"id {self._object_type(tmpl)['id']}"))
+            def object_type(tmpl: str = tmpl) -> str:
+                return f"id {self._object_type(tmpl)['id']}"
+            out.append(check_step(f"object type {ftype!r}", object_type))
         out.append(check_step(f"location {s.location!r}", lambda: f"id {self._location_id()}"))
         if s.version_status:
             out.append(check_step(f"status {s.version_status!r}", lambda: f"id {self._status_id()}"))

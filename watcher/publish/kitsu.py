@@ -28,6 +28,7 @@ import mimetypes
 import os
 import re
 import threading
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -435,7 +436,7 @@ class KitsuBackend(Backend):
         except HttpError as exc:
             raise PermanentError(f"creating {self._describe_entity(publish)} in Kitsu failed: {server_words(exc)}") from None
         log.info("created Kitsu %s", self._describe_entity(publish))
-        self.cache.drop(lambda k: k[0] in ("entities", "assets"))
+        self.cache.drop(lambda k: isinstance(k, tuple) and k[0] in ("entities", "assets"))  # keys are tuples
         return made
 
     def _create_sequence(self, project: dict, name: str, episode: str | None) -> dict:
@@ -445,7 +446,7 @@ class KitsuBackend(Backend):
                 or self.call("POST", f"/data/projects/{project['id']}/episodes", json={"name": episode}, retry=False)
             body["episode_id"] = ep["id"]
         seq = self.call("POST", f"/data/projects/{project['id']}/sequences", json=body, retry=False)
-        self.cache.drop(lambda k: k[0] == "entities")
+        self.cache.drop(lambda k: isinstance(k, tuple) and k[0] == "entities")  # keys are tuples
         return seq
 
     def task(self, project: dict, entity: dict, task_type: dict, publish: Publish) -> dict:
@@ -876,12 +877,14 @@ class KitsuBackend(Backend):
         else:
             out.append(CheckResult(True, "project", "taken from each publish's project field"))
         for step, name in sorted(self.settings.task_types.items()):
-            out.append(check_step(f"task type {name!r} (step {step!r})", lambda n=name: self.task_type(n) and "found"))
+            def task_type_found(n: str = name) -> str | None:  # task_type raises when it is missing
+                return "found" if self.task_type(n) else None
+            out.append(check_step(f"task type {name!r} (step {step!r})", task_type_found))
         for ext, name in sorted(self.settings.output_types.items()):
-            out.append(check_step(f"output type {name!r} ({ext})", lambda n=name: self._check_output_type(n)))
+            out.append(check_step(f"output type {name!r} ({ext})", partial(self._check_output_type, name)))
         if self.settings.review:
             status = self.settings.review_status
-            out.append(check_step(f"review status {status!r}", lambda: self.task_status(status) and "found"))
+            out.append(check_step(f"review status {status!r}", lambda: "found" if self.task_status(status) else None))
         return out
 
     def _check_credentials(self) -> str:

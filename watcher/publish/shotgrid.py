@@ -24,6 +24,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit, urlunsplit
@@ -809,12 +810,12 @@ class ShotGridBackend(Backend):
         out.append(check_step("project", self._check_project))
         names = list(dict.fromkeys([*s.publish_types, *self.context.publish_types]))
         for name in names:
-            out.append(check_step(f"publish type '{name}'", lambda n=name: self._check_type(n)))
+            out.append(check_step(f"publish type '{name}'", partial(self._check_type, name)))
         if not names:
             out.append(check_step("publish types", self._check_types_readable))
         for root_name, root_path in sorted(self.context.roots.items()):
             out.append(check_step(f"local storage for root '{root_name}'",
-                                  lambda r=root_name, pth=root_path: self._check_storage(r, str(pth))))
+                                  partial(self._check_storage, root_name, str(root_path))))
         if s.created_by is not None:
             out.append(check_step(f"created_by HumanUser {s.created_by}", self._check_user))
         fields = [("PublishedFile", f) for f in ([s.frame_range_field] if s.frame_range_field else [])
@@ -823,7 +824,7 @@ class ShotGridBackend(Backend):
             fields += [("Version", f) for f in ("sg_path_to_frames", "sg_first_frame", "sg_last_frame",
                                                 "frame_range", "published_files")]
         for etype, fname in fields:
-            out.append(check_step(f"field {etype}.{fname}", lambda e=etype, f=fname: self._check_field(e, f)))
+            out.append(check_step(f"field {etype}.{fname}", partial(self._check_field, etype, fname)))
         return out
 
     def _check_credentials(self) -> str:

@@ -420,7 +420,7 @@ def project_of(p: Publish, setting: int | str | None, *, key: str | None = None)
     if p.project:
         return p.project
     if setting not in (None, ""):
-        return setting  # type: ignore[return-value]
+        return setting
     tried = ([f"its path gives no template key '{key}'"] if key else []) + \
         ["its publishes rule names no project", "tracker.project is not set"]
     raise PermanentError(f"no project for {p.path}: " + ", ".join(tried)

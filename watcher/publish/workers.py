@@ -15,6 +15,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Callable
 
 from ..errors import JournalError, PermanentError, PublishError
@@ -275,7 +276,7 @@ class Publishers:
 
     def _job(self, row: Row) -> Job:
         return Job(id=row.id, publish=row.publish, attempts=row.attempts, uncertain=row.uncertain,
-                   state=dict(row.state), save_state=lambda st, rid=row.id: self.journal.save_state(rid, st),
+                   state=dict(row.state), save_state=partial(self.journal.save_state, row.id),
                    amend=row.tracker_id is not None, previous_id=row.tracker_id)
 
     def _publish(self, rows: list[Row], jobs: list[Job]) -> None:
