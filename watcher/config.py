@@ -190,16 +190,11 @@ def is_loopback(host: str) -> bool:
 
 
 def read_token(path: str | os.PathLike[str]) -> str:
-    """The token in ``path`` (surrounding whitespace stripped); refuses an empty file."""
-    try:
-        token = Path(path).read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ConfigError(f"http_token_file: cannot read {path}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"http_token_file: {path} is not UTF-8 text; put the token in it as plain text") from None
-    if not token:
-        raise ConfigError(f"http_token_file: {path} is empty; put a token in it")
-    return token
+    """The token in ``path`` (surrounding whitespace stripped); refuses an empty, unreadable or
+    non-UTF-8 file, naming it (the one secret-file reader: ``secrets.read_secret``)."""
+    from .secrets import read_secret
+
+    return read_secret(None, Path(path), "http_token") or ""
 
 
 def http_problem(http: str | None, token_file: Path | None) -> str | None:
@@ -345,11 +340,7 @@ class Settings(BaseSettings):
         """The HMAC key for webhook signatures (None: deliveries are not signed)."""
         from .secrets import read_secret
 
-        try:
-            text = read_secret(self.webhook_secret, self.webhook_secret_file, "webhook_secret", required=False)
-        except UnicodeDecodeError:
-            raise ConfigError(f"webhook_secret_file: {self.webhook_secret_file} is not UTF-8 text; put the key in it "
-                              "as plain text") from None
+        text = read_secret(self.webhook_secret, self.webhook_secret_file, "webhook_secret", required=False)
         return text.encode() if text else None
 
     def http_token(self) -> str | None:

@@ -163,10 +163,7 @@ def line_secret(value: Any, file: Path | None, what: str, *, header: bool = Fals
     characters: a line break inside (a key file holding two lines, a pasted ``\\r``) would reach
     an HTTP header, or be refused by the HTTP library with the secret in its message. ``header``:
     sent in a header, so ASCII only. The message names the setting or the file, never the secret."""
-    try:
-        text = read_secret(value, file, what) or ""
-    except UnicodeDecodeError:  # read_secret names unreadable files; a binary one ends here
-        raise ConfigError(f"{what}_file: {file} is not UTF-8 text; put the secret in it as plain text") from None
+    text = read_secret(value, file, what) or ""  # names an unreadable, empty or non-UTF-8 file itself
     from_file = not (value is not None and value.get_secret_value().strip())
     where = f"{what}_file: {file}" if from_file else f"{what} (or WATCHER_{what.upper().replace('.', '__')})"
     lines = len(text.splitlines())
