@@ -499,3 +499,38 @@ def test_a_version_1_journal_is_migrated_to_root_relative_file_records(tmp_path)
         assert j.files_of(1) == {("shows", "a/b/x.1001.exr"): (1, 2), ("shows", "top.nk"): (1, 2)}
     finally:
         j.close()
+
+
+# -- batch statements: rows travel as VALUES (SQLite) or one JSON document (PostgreSQL) ----------
+AWKWARD = ["plain", "", "quote ' and \" double", "back\\slash", "tab\tnew\nline", "ünïcödé ✓ 日本", "comma, {brace}",
+           "NULL", "%s ? %(x)s", "[1,2]", " lead and trail "]
+
+
+def test_batch_rows_round_trip_every_kind_of_value(journal):
+    """Texts with quotes, backslashes, placeholders and JSON look-alikes, None, big integers,
+    exact floats, booleans and nested JSON come back as they went in, on both databases."""
+    from watcher.journal.ledger import insert_rows
+
+    d = journal.db.dialect
+    rows = [(f"k{i}-{t}", t if i % 3 else None, 2**53 + i, 1764680000.123456 + i / 7, bool(i % 2),
+             {"t": t, "n": [i, None, 1.5], "nested": {"deep": t}}) for i, t in enumerate(AWKWARD * 40)]
+
+    def run(cur):
+        cur.execute("CREATE TEMPORARY TABLE batch_probe (k TEXT PRIMARY KEY, t TEXT, big BIGINT, r "
+                    + ("DOUBLE PRECISION" if d.name == "postgres" else "REAL") + ", b "
+                    + ("BOOLEAN" if d.name == "postgres" else "INTEGER") + ", j "
+                    + ("JSONB" if d.name == "postgres" else "TEXT") + ")")
+        got = insert_rows(cur, d, "INSERT INTO batch_probe (k, t, big, r, b, j)",
+                          ("text", "text", "bigint", "real", "bool", "json"),
+                          [(k, t, big, r, b, d.to_json(j)) for k, t, big, r, b, j in rows], "RETURNING k")
+        assert sorted(x[0] for x in got) == sorted(r[0] for r in rows)
+        cond, params = d.any_of("k", [r[0] for r in rows[:300]])
+        n = cur.execute(f"SELECT COUNT(*) FROM batch_probe WHERE {cond}", params).fetchone()[0]
+        back = cur.execute("SELECT k, t, big, r, b, j FROM batch_probe").fetchall()
+        cur.execute("DROP TABLE batch_probe")
+        return n, back
+
+    n, back = journal.db.write(run)
+    assert n == 300
+    got = {k: (t, big, r, bool(b), d.from_json(j)) for k, t, big, r, b, j in back}
+    assert got == {k: (t, big, r, b, j) for k, t, big, r, b, j in rows}

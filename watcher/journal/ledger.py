@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import threading
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable, Iterable, Protocol, TypeVar
 
@@ -57,6 +57,20 @@ class Dialect:
     to_json: Callable[[Any], Any]  # Python object -> parameter
     from_json: Callable[[Any], Any]  # column value -> Python object
     lock_rows: str = ""  # appended to the claim's sub-select: " FOR UPDATE SKIP LOCKED" on PostgreSQL
+    # Many rows in one statement: ``rows(types, rows)`` is (a relation ``v`` with columns
+    # column1..N, its parameters) for ``INSERT ... SELECT * FROM`` and ``UPDATE ... FROM``;
+    # ``any_of(column, values)`` is (a condition, its parameters). SQLite spells them as VALUES
+    # and IN lists; PostgreSQL as arrays (unnest, = ANY), so that a batch is a handful of
+    # parameters and one short statement that the driver and the server parse once.
+    rows: Callable[[tuple[str, ...], list[tuple[Any, ...]]], tuple[str, list[Any]]] = field(default=None)  # type: ignore[assignment]
+    any_of: Callable[[str, list[Any]], tuple[str, list[Any]]] = field(default=None)  # type: ignore[assignment]
+    rows_per_statement: int = 200  # SQLite: bounded by its parameter limit
+
+    def __post_init__(self) -> None:
+        if self.rows is None:
+            object.__setattr__(self, "rows", values_rows)
+        if self.any_of is None:
+            object.__setattr__(self, "any_of", in_list)
 
     def ddl(self, template: str) -> list[str]:
         statuses = ", ".join(f"'{s.value}'" for s in Status)
@@ -64,6 +78,38 @@ class Dialect:
         types = {k: v.replace("{statuses}", statuses) for k, v in self.types.items()}
         text = template.format(statuses=statuses, **types)
         return [s.strip() for s in text.split(";") if s.strip()]
+
+
+def values_rows(types: tuple[str, ...], rows: list[tuple[Any, ...]]) -> tuple[str, list[Any]]:
+    """``(VALUES (?,..),..) AS v``: SQLite names its columns column1..N."""
+    one = "(" + ",".join("?" * len(types)) + ")"
+    return f"(VALUES {','.join([one] * len(rows))}) AS v", [x for row in rows for x in row]
+
+
+def in_list(column: str, values: list[Any]) -> tuple[str, list[Any]]:
+    return f"{column} IN ({','.join('?' * len(values))})", list(values)
+
+
+def insert_rows(cur: Cursor, dialect: Dialect, head: str, types: tuple[str, ...], rows: list[tuple[Any, ...]],
+                tail: str = "") -> list[tuple[Any, ...]]:
+    """``head`` (``INSERT INTO t (cols)``) with many ``rows`` and ``tail`` (``ON CONFLICT ..``,
+    ``RETURNING ..``), a few statements per batch: what RETURNING gives, for every row."""
+    out: list[tuple[Any, ...]] = []
+    step = dialect.rows_per_statement
+    for i in range(0, len(rows), step):
+        rel, params = dialect.rows(types, rows[i:i + step])
+        # WHERE true: SQLite would read ON CONFLICT as a join constraint right after FROM
+        got = cur.execute(f"{head} SELECT * FROM {rel} WHERE true {tail}", params)
+        if "RETURNING" in tail:
+            out += got.fetchall()
+    return out
+
+
+FILE_ROWS = ("INSERT INTO files (root, dir, name, size, mtime_ns, publish_id)",
+             ("text", "text", "text", "bigint", "bigint", "bigint"),
+             "ON CONFLICT (root, dir, name) DO UPDATE SET size=excluded.size, mtime_ns=excluded.mtime_ns, "
+             "publish_id=excluded.publish_id")
+EVENT_ROWS = ("INSERT INTO events (publish_id, at, status, message)", ("bigint", "real", "text", "text"))
 
 
 def dumps(obj: Any) -> str:
@@ -383,10 +429,9 @@ class Journal:
         # overlapping files cannot deadlock each other.
         latest = {(f.root, f.dir, f.name): f for f in files}
         if latest:
-            cur.executemany("INSERT INTO files (root, dir, name, size, mtime_ns, publish_id) VALUES (?,?,?,?,?,?) "
-                            "ON CONFLICT (root, dir, name) DO UPDATE SET size=excluded.size, "
-                            "mtime_ns=excluded.mtime_ns, publish_id=excluded.publish_id",
-                            [(r, d, n, f.size, f.mtime_ns, row_id) for (r, d, n), f in sorted(latest.items())])
+            head, types, tail = FILE_ROWS
+            insert_rows(cur, self.db.dialect, head, types,
+                        [(r, d, n, f.size, f.mtime_ns, row_id) for (r, d, n), f in sorted(latest.items())], tail)
 
     def _get(self, cur: Cursor, row_id: int) -> Row:
         return self._row(cur.execute(f"SELECT {COLUMNS} FROM publishes WHERE id=?", (row_id,)).fetchone())
@@ -460,20 +505,19 @@ class Journal:
         now = self._clock()
         created: dict[str, int] = {}
         firsts = list({p.key: p for p, _ in items}.values())  # a key twice in a batch: the first
-        for i in range(0, len(firsts), 200):
-            chunk = firsts[i:i + 200]
-            # ON CONFLICT waits for a concurrent insert of the same key, then skips that row.
-            rows = cur.execute(
-                "INSERT INTO publishes (key, status, payload, created_at, updated_at, next_attempt_at) VALUES "
-                + ",".join("(?,?,?,?,?,?)" for _ in chunk) + " ON CONFLICT (key) DO NOTHING RETURNING id, key",
-                [x for p in chunk for x in (p.key, Status.PENDING.value, self._payload(p), now, now, now)]).fetchall()
-            created.update((key, rid) for rid, key in rows)
+        d = self.db.dialect
+        # ON CONFLICT waits for a concurrent insert of the same key, then skips that row.
+        rows = insert_rows(cur, d, "INSERT INTO publishes (key, status, payload, created_at, updated_at, next_attempt_at)",
+                           ("text", "text", "json", "real", "real", "real"),
+                           [(p.key, Status.PENDING.value, self._payload(p), now, now, now) for p in firsts],
+                           "ON CONFLICT (key) DO NOTHING RETURNING id, key")
+        created.update((key, rid) for rid, key in rows)
         held = [p.key for p in firsts if p.key not in created]
         known: dict[str, int] = {}
         for i in range(0, len(held), 500):
-            keys = held[i:i + 500]
-            known.update((key, rid) for rid, key in cur.execute(
-                f"SELECT id, key FROM publishes WHERE key IN ({','.join('?' * len(keys))})", keys).fetchall())
+            cond, params = d.any_of("key", held[i:i + 500])
+            known.update((key, rid) for rid, key in cur.execute(f"SELECT id, key FROM publishes WHERE {cond}",
+                                                                params).fetchall())
         out: list[tuple[int, bool]] = []
         files: list[FileRecord] = []
         owner: dict[tuple[str, str, str], int] = {}
@@ -490,12 +534,11 @@ class Journal:
                 out.append((rid if rid is not None else known[publish.key], False))
         if files:
             latest = {(f.root, f.dir, f.name): f for f in files}
-            cur.executemany("INSERT INTO files (root, dir, name, size, mtime_ns, publish_id) VALUES (?,?,?,?,?,?) "
-                            "ON CONFLICT (root, dir, name) DO UPDATE SET size=excluded.size, "
-                            "mtime_ns=excluded.mtime_ns, publish_id=excluded.publish_id",
-                            [(*k, f.size, f.mtime_ns, owner[k]) for k, f in sorted(latest.items())])
-        cur.executemany("INSERT INTO events (publish_id, at, status, message) VALUES (?,?,?,?)",
-                        [(row_id, now, Status.PENDING.value, None) for row_id, was_created in out if was_created])
+            head, types, tail = FILE_ROWS
+            insert_rows(cur, d, head, types, [(*k, f.size, f.mtime_ns, owner[k]) for k, f in sorted(latest.items())],
+                        tail)
+        insert_rows(cur, d, *EVENT_ROWS,
+                    [(row_id, now, Status.PENDING.value, None) for row_id, was_created in out if was_created])
         return out
 
     def replace(self, row_id: int, publish: Publish, files: Iterable[FileRecord], *, revision: int | None = None,
@@ -536,8 +579,7 @@ class Journal:
                 (Status.PENDING.value, now, limit, agent, now + lease_seconds, Status.PUBLISHING.value, now,
                  Status.PENDING.value)).fetchall()
             at = self._clock()
-            cur.executemany("INSERT INTO events (publish_id, at, status, message) VALUES (?,?,?,?)",
-                            [(r[0], at, t.event, agent) for r in rows])
+            insert_rows(cur, self.db.dialect, *EVENT_ROWS, [(r[0], at, t.event, agent) for r in rows])
             return sorted((self._row(r) for r in rows), key=lambda r: (r.next_attempt_at or 0, r.id))
 
         return self.db.write(run)
@@ -565,23 +607,24 @@ class Journal:
         def run(cur: Cursor) -> list[int]:
             now = self._clock()
             moved: set[int] = set()
-            for i in range(0, len(done), 200):
-                chunk = done[i:i + 200]
-                # One guarded UPDATE for the batch: each row's own tracker id comes from a VALUES
-                # list (column1.. are the default names of its columns on SQLite and PostgreSQL).
-                values = ",".join("(?,?,?,?)" for _ in chunk)
-                args: list[Any] = [x for row_id, ref in chunk for x in (row_id, ref.id, ref.url, ref.adopted)]
+            d = self.db.dialect
+            for i in range(0, len(done), d.rows_per_statement):
+                chunk = done[i:i + d.rows_per_statement]
+                # One guarded UPDATE for the batch: each row's own tracker id comes from a
+                # relation of rows (columns column1..4).
+                rel, args = d.rows(("bigint", "text", "text", "bool"),
+                                   [(row_id, ref.id, ref.url, ref.adopted) for row_id, ref in chunk])
                 rows = cur.execute(
                     f"UPDATE publishes SET status=?, tracker=?, tracker_id=v.column2, tracker_url=v.column3, "
                     f"adopted=v.column4, published_at=?, updated_at=?, last_error=NULL, uncertain=FALSE, "
-                    f"attempts=attempts+1, agent=NULL, lease_until=NULL FROM (VALUES {values}) AS v "
+                    f"attempts=attempts+1, agent=NULL, lease_until=NULL FROM {rel} "
                     f"WHERE publishes.id=v.column1 AND publishes.status=? AND publishes.agent=? RETURNING publishes.id",
                     (to.value, tracker, now, now, *args, t.frm[0].value, agent)).fetchall()
                 moved.update(r[0] for r in rows)
             recorded = [(row_id, ref) for row_id, ref in done if row_id in moved]
-            cur.executemany("INSERT INTO events (publish_id, at, status, message) VALUES (?,?,?,?)",
-                            [(row_id, now, t.event, f"{tracker} {ref.id}" + (" (adopted)" if ref.adopted else ""))
-                             for row_id, ref in recorded])
+            insert_rows(cur, d, *EVENT_ROWS,
+                        [(row_id, now, t.event, f"{tracker} {ref.id}" + (" (adopted)" if ref.adopted else ""))
+                         for row_id, ref in recorded])
             if then is not None:
                 for row_id, _ref in recorded:
                     then(cur, row_id, partial(self._get, cur, row_id))
@@ -693,8 +736,9 @@ class Journal:
             ids = list(ids)
             if not ids:
                 return []
-            cond.append(f"id IN ({','.join('?' * len(ids))})")
-            args += ids
+            ids_cond, ids_args = self.db.dialect.any_of("id", ids)
+            cond.append(ids_cond)
+            args += ids_args
         if cond:
             sql += " WHERE " + " AND ".join(cond)
         sql += " ORDER BY id"
@@ -743,9 +787,9 @@ class Journal:
         """``by_key`` for many keys in few round trips (the pipeline's group commit)."""
         out: dict[str, Row] = {}
         for i in range(0, len(keys), 500):
-            chunk = keys[i:i + 500]
-            for r in self.db.read(lambda cur: cur.execute(
-                    f"SELECT {COLUMNS} FROM publishes WHERE key IN ({','.join('?' * len(chunk))})", chunk).fetchall()):
+            cond, params = self.db.dialect.any_of("key", keys[i:i + 500])
+            for r in self.db.read(lambda cur: cur.execute(f"SELECT {COLUMNS} FROM publishes WHERE {cond}",
+                                                          params).fetchall()):
                 out[r[1]] = self._row(r)
         return out
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..errors import JournalError, PublishError, RetryableError
 from ..journal import open_database
-from ..journal.ledger import ensure_schema
+from ..journal.ledger import ensure_schema, insert_rows
 from ..model import Job, TrackerRef
 from .base import Backend, BackendContext, BackendSettings, CheckResult
 
@@ -38,14 +38,10 @@ class Registry:
             now = time.time()
             got: dict[str, tuple[int, float]] = {}
             latest = dict(items)  # a key twice in one batch: its last payload
-            keys = list(latest)
-            for i in range(0, len(keys), 200):  # one statement per 200 entries
-                chunk = keys[i:i + 200]
-                rows = cur.execute(
-                    "INSERT INTO registry (key, created_at, payload) VALUES " + ",".join("(?,?,?)" for _ in chunk)
-                    + " ON CONFLICT (key) DO UPDATE SET payload=excluded.payload RETURNING key, id, created_at",
-                    [x for k in chunk for x in (k, now, to_json(latest[k]))]).fetchall()
-                got.update((k, (rid, at)) for k, rid, at in rows)
+            rows = insert_rows(cur, self.db.dialect, "INSERT INTO registry (key, created_at, payload)",
+                               ("text", "real", "json"), [(k, now, to_json(p)) for k, p in latest.items()],
+                               "ON CONFLICT (key) DO UPDATE SET payload=excluded.payload RETURNING key, id, created_at")
+            got.update((k, (rid, at)) for k, rid, at in rows)
             return [got[key] for key, _ in items]
 
         return self.db.write(run)
