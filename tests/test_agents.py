@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 LEASE = 6.0
 
 
-def start_agent(tmp: Path, name: str, root: Path, url: str) -> subprocess.Popen:
+def start_agent(tmp: Path, name: str, root: Path, url: str, **extra: object) -> subprocess.Popen:
     work = tmp / name
     work.mkdir()
     cfg = work / "watcher.yml"
@@ -34,7 +34,7 @@ def start_agent(tmp: Path, name: str, root: Path, url: str) -> subprocess.Popen:
         "roots": [{"name": "shows", "path": str(root), "templates": str(DATA / "pipeline.yml")}],
         "settle_seconds": 0.5, "sequence_settle_seconds": 2.0, "journal": url, "state_dir": str(work / "state"),
         "workers": 2, "rescan_interval": 0, "lease_seconds": LEASE, "retry_base_seconds": 0.2,
-        "retry_cap_seconds": 1.0}))
+        "retry_cap_seconds": 1.0, **extra}))
     log = open(work / "agent.log", "w")
     p = subprocess.Popen([sys.executable, "-m", "watcher", "-c", str(cfg), "run"], cwd=REPO,
                          stdout=subprocess.DEVNULL, stderr=log)
@@ -117,3 +117,66 @@ def test_three_agents_one_killed_one_frozen_publish_everything_once(tmp_path, pg
     owners = query(pg_url, "SELECT DISTINCT message FROM events WHERE status='publishing'")
     assert len(owners) >= 2
     assert os.path.exists(tmp_path / "b" / "agent.log")
+
+
+@pytest.mark.timeout(180)
+def test_one_agent_watches_a_shared_root_and_a_frozen_watcher_is_taken_over(tmp_path, pg_url):
+    """`watched_by: one` (the default): of two agents on one root, one watches it and the other
+    stands by, publishing. The watcher frozen past `agent_timeout_seconds` is taken over: the
+    other agent watches the root, rescans it and publishes what arrived meanwhile. Continued,
+    the frozen agent stands by and nothing is journaled or published twice."""
+    root = tmp_path / "root"
+    shots = [root / f"seq/sq03/sh{i:03d}/comp/work" for i in range(10)]
+    for d in shots:
+        d.mkdir(parents=True)
+    procs = {n: start_agent(tmp_path, n, root, pg_url, agent_timeout_seconds=3) for n in ("a", "b")}
+
+    def watcher_pid() -> int | None:
+        rows = query(pg_url, "SELECT agent FROM watches WHERE root='shows'")
+        return int(rows[0][0].split(":")[1]) if rows else None
+
+    def write(tag: str, n: int) -> set[str]:
+        out = set()
+        for i in range(n):
+            d = shots[i % len(shots)]
+            f = d / f"{d.parent.parent.name}_{tag}{i}_v001.nk"
+            f.write_bytes(b"x" * 64)
+            out.add(str(f))
+        return out
+
+    def published() -> list[str]:
+        return [r[0] for r in query(pg_url, "SELECT payload->>'path' FROM publishes WHERE status='published' AND "
+                                            f"payload->>'path' LIKE '{root}/%'")]
+
+    try:
+        wait_for(lambda: all("watcher started" in log_of(tmp_path, n) for n in procs), 60)
+        wait_for(lambda: watcher_pid() in {p.pid for p in procs.values()}, 10)
+        first = next(n for n, p in procs.items() if p.pid == watcher_pid())
+        other = "b" if first == "a" else "a"
+        wait_for(lambda: "stands by" in log_of(tmp_path, other), 10)
+        files = write("before", 100)
+        wait_for(lambda: len(published()) >= 100, 30, 0.1)
+        procs[first].send_signal(signal.SIGSTOP)
+        files |= write("frozen", 100)  # nobody watches for ~3 s: found by the takeover's rescan
+        wait_for(lambda: watcher_pid() == procs[other].pid, 20, 0.1)
+        wait_for(lambda: len(published()) >= 200, 30, 0.1)
+        assert "taking it over from agent" in log_of(tmp_path, other)
+        procs[first].send_signal(signal.SIGCONT)
+        wait_for(lambda: "this agent stops watching it and stands by" in log_of(tmp_path, first), 20)
+        files |= write("after", 50)
+        wait_for(lambda: len(published()) >= 250, 30, 0.1)
+        time.sleep(2.0)  # anything done twice would land now
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGCONT)
+                p.terminate()
+        for p in procs.values():
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    paths = published()
+    assert sorted(paths) == sorted(files), "a file was lost or published twice"
+    assert query(pg_url, f"SELECT count(*) FROM publishes WHERE payload->>'path' LIKE '{root}/%'")[0][0] == 250
+    assert "Traceback" not in log_of(tmp_path, "a") + log_of(tmp_path, "b")

@@ -534,3 +534,61 @@ def test_batch_rows_round_trip_every_kind_of_value(journal):
     assert n == 300
     got = {k: (t, big, r, bool(b), d.from_json(j)) for k, t, big, r, b, j in back}
     assert got == {k: (t, big, r, b, j) for k, t, big, r, b, j in rows}
+
+
+# -- one agent watches a shared root (`watched_by: one`) -----------------------------------------
+def test_watches_one_agent_per_root_taken_over_when_its_agent_is_gone(journal):
+    """The first agent takes a free root; another sees it held while the holder's heartbeat is
+    fresh, and takes it once the holder went silent past the timeout, stopped cleanly, or is a
+    process known dead. Roots are independent."""
+    now = [1000.0]
+    journal._clock = lambda: now[0]
+    everyone_alive = lambda _agent: True  # noqa: E731
+    journal.heartbeat("A", "h", 1, 1.0, ["shows", "vendor"])
+    assert journal.take_watches("A", ["shows", "vendor"], 30, everyone_alive) == {"shows": "A", "vendor": "A"}
+    now[0] += 5
+    journal.heartbeat("B", "h", 2, 1.0, ["shows", "plates"])
+    assert journal.take_watches("B", ["shows", "plates"], 30, everyone_alive) == {"shows": "A", "plates": "B"}
+    now[0] += 20  # A's heartbeat is 25 s old: still A's
+    journal.heartbeat("B", "h", 2, 1.0, ["shows", "plates"])
+    assert journal.take_watches("B", ["shows"], 30, everyone_alive) == {"shows": "A"}
+    assert journal.take_watches("B", ["shows"], 30, lambda agent: agent != "A") == {"shows": "B"}  # A died
+    assert journal.watches() == {"shows": "B", "vendor": "A", "plates": "B"}
+    # A comes back (it was frozen): the root stays B's, A's other root stays A's
+    journal.heartbeat("A", "h", 1, 1.0, ["shows", "vendor"])
+    assert journal.take_watches("A", ["shows", "vendor"], 30, everyone_alive) == {"shows": "B", "vendor": "A"}
+    now[0] += 31  # B silent past the timeout; A beats on
+    journal.heartbeat("A", "h", 1, 1.0, ["shows", "vendor"])
+    assert journal.take_watches("A", ["shows", "vendor"], 30, everyone_alive) == {"shows": "A", "vendor": "A"}
+    journal.agent_stopped("A")  # a clean stop frees its roots at once
+    assert journal.watches() == {"plates": "B"}
+    journal.heartbeat("B", "h", 2, 1.0, ["shows", "plates"])
+    assert journal.take_watches("B", ["shows", "plates"], 30, everyone_alive) == {"shows": "B", "plates": "B"}
+    by_agent = {a["agent"]: a["watching"] for a in journal.agents()}
+    assert by_agent == {"A": [], "B": ["plates", "shows"]}
+
+
+def test_pg_watches_two_agents_racing_for_a_free_root_one_wins(pg_url):
+    """Agents starting together: each takes the root in its own transaction, on its own
+    connection; exactly one holds it, and both agree on which."""
+    js = [open_journal(pg_url) for _ in range(2)]
+    try:
+        js[0].db.write(lambda cur: cur.execute("DELETE FROM watches WHERE root='race'"))
+        for i, j in enumerate(js):
+            j.heartbeat(f"racer{i}", "h", i, 1.0, ["race"])
+        out: list[dict[str, str]] = [{}, {}]
+        barrier = threading.Barrier(2)
+
+        def take(i: int) -> None:
+            barrier.wait()
+            out[i] = js[i].take_watches(f"racer{i}", ["race"], 30, lambda _a: True)
+
+        ts = [threading.Thread(target=take, args=(i,)) for i in range(2)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        assert out[0] == out[1] and out[0]["race"] in ("racer0", "racer1")
+    finally:
+        for j in js:
+            j.close()

@@ -902,7 +902,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             for n, r in agent["roots"].items():
                 print(f"  root {n}: {'up' if r['up'] else 'DOWN'} {r['path']} rescans {r['rescans']}"
                       + (f" (last: {r['last_rescan_reason']})" if r["last_rescan_reason"] else "")
-                      + (f"; {r['down_reason']}" if not r["up"] and r.get("down_reason") else ""))
+                      + (f"; {r['down_reason']}" if not r["up"] and r.get("down_reason") else "")
+                      + (f"; standing by: agent {r['standby_for']} watches it" if r.get("standby_for") else ""))
     return EXIT_OK if v["ok"] else EXIT_FAIL
 
 
@@ -936,8 +937,6 @@ def cmd_unmatched(args: argparse.Namespace) -> int:
 
 
 def cmd_agents(args: argparse.Namespace) -> int:
-    from .agent import HEARTBEAT_SECONDS
-
     settings = _settings(args, check_paths=False)
     j = _journal(settings)
     try:
@@ -946,7 +945,7 @@ def cmd_agents(args: argparse.Namespace) -> int:
         j.close()
     now = time.time()
     for a in found:  # live: not stopped, and heard from within three heartbeats
-        a["live"] = a["stopped_at"] is None and now - a["heartbeat_at"] < 3 * HEARTBEAT_SECONDS
+        a["live"] = a["stopped_at"] is None and now - a["heartbeat_at"] < settings.agent_timeout_seconds
     shown = found if args.all else [a for a in found if a["live"]]
     if args.json:
         print(json.dumps(shown, indent=2))
@@ -955,8 +954,9 @@ def cmd_agents(args: argparse.Namespace) -> int:
         print("no live agent" + ("" if args.all else " (--all shows stopped and silent ones)"))
     for a in shown:
         state = "live" if a["live"] else ("stopped" if a["stopped_at"] else "SILENT")
-        print(f"{a['agent']}  {state}  host {a['host']} pid {a['pid']}  roots {', '.join(a['roots']) or '-'}  "
-              f"heartbeat {now - a['heartbeat_at']:.0f} s ago  publishing {a['publishing']}")
+        print(f"{a['agent']}  {state}  host {a['host']} pid {a['pid']}  roots {', '.join(a['roots']) or '-'}"
+              + (f" (the one watching {', '.join(a['watching'])})" if a["watching"] else "")
+              + f"  heartbeat {now - a['heartbeat_at']:.0f} s ago  publishing {a['publishing']}")
     return EXIT_OK
 
 

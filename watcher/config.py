@@ -81,6 +81,11 @@ class RootSettings(BaseModel):
     # files already on disk before the journal first saw this root: published like new ones, or
     # recorded as baseline (known, never published); see README "Adopting watcher on an existing tree"
     existing: Literal["publish", "baseline"] = "publish"
+    # agents sharing a journal: "one" of them watches this root at a time (the others stand by and
+    # take it over when it stops or goes silent: the storage-server deployment, where any agent
+    # sees every write); "every" agent that has it watches it (workstations on a share, each
+    # seeing only its own writes through a native observer)
+    watched_by: Literal["one", "every"] = "one"
     project: str | None = None
     entity: EntityScope | None = None
     on_publish: list[str] = Field(default_factory=list)  # webhook URLs, added to the global ones
@@ -275,6 +280,9 @@ class Settings(BaseSettings):
     # a publish being made is its agent's this long without renewal (renewed every sixth of it);
     # a frozen or cut-off agent's claims move to another agent after it
     lease_seconds: float = Field(default=900.0, ge=5)
+    # an agent silent this long (no heartbeat; it beats every third of it) is taken as gone: the
+    # roots it watched are taken over by another agent, which rescans them
+    agent_timeout_seconds: float = Field(default=30.0, ge=1)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
     # the log in a file, rotated (10 MB x 5), instead of stderr; without a console (pythonw) the

@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator
 from .candidate import Candidate, build_publish, candidate_key, publish_path, seq_padding
 from .completion import READY, Answer, Decision, TrackerLookup, Verdict, decide, marker_path
 from .events import DirListed, Event, FsEvent, Kind, ScanDone
+from .agent import Fence
 from .host import WriterProbe, WriterProbes
 from .ignore import COOKIE_PREFIX
 from .journal.base import FileRecord, JournalUnavailable, Row, Status, TransitionError
@@ -73,7 +74,7 @@ class Pipeline(threading.Thread):
                  scanner: Scanner, journal: Journal, on_journaled: Callable[[], None], *,
                  max_settling: int = 500_000, unmatched: UnmatchedLog | None = None,
                  ranges: TrackerLookup | None = None, versions: TrackerLookup | None = None,
-                 probes: WriterProbes | None = None) -> None:
+                 probes: WriterProbes | None = None, fence: Callable[[str], Fence] = lambda _root: Fence.FREE) -> None:
         super().__init__(name="pipeline", daemon=True)
         self.roots = roots
         self.events = events
@@ -88,6 +89,7 @@ class Pipeline(threading.Thread):
         # whether a writer still holds a file, where no close event says it (macOS, Windows,
         # polled roots); the settler asks at each deadline, this thread again as it journals
         self.probes = probes or WriterProbes()
+        self.fence = fence  # may this agent journal a root's candidates now (agents sharing a journal)
         settler.probe_for = self._writer_probe
         self._held: dict[str, dict[str, Any]] = {}  # candidate key -> what it waits for
         self._markers: set[str] = set()  # done markers held candidates wait for: never candidates
@@ -343,6 +345,13 @@ class Pipeline(threading.Thread):
         tried again with the journal's backoff (``_journal_down``)."""
         ready: list[Candidate] = []
         for cand in cands:
+            fence = self.fence(cand.scope.name)
+            if fence is Fence.TAKEN:  # another agent watches the root now: its rescan finds these files
+                log.debug("%s: root %s is another agent's now; left to it", cand.key, cand.scope.name)
+                continue
+            if fence is Fence.EXPIRED:  # frozen or cut off past our watch: wait for the heartbeat's word
+                self.settler.hold(cand, 1.0)
+                continue
             try:
                 if cand.is_sequence and self._incomplete_view(cand):
                     self.settler.hold(cand, 0.05)

@@ -110,7 +110,10 @@ class Service:
         self.backend = backend or make_backend(settings, {n: Path(r.path) for n, r in self.roots.items()},
                                                [r.templates for r in self.roots.values()])
         self.agent = new_agent_id()
-        self.heartbeat = Heartbeat(self.journal, self.agent, lambda: sorted(self.roots))
+        self.heartbeat = Heartbeat(self.journal, self.agent, lambda: sorted(self.roots),
+                                   shared=lambda: sorted(n for n, r in self.roots.items()
+                                                         if watch and r.cfg.watched_by == "one"),
+                                   timeout=settings.agent_timeout_seconds, on_change=self._watches_changed)
         self.metrics = Metrics()
         self.queue = CountingQueue(maxsize=QUEUE_SIZE)
         self.settler = Settler()
@@ -132,8 +135,9 @@ class Service:
         self.versions = TrackerLookup(self.backend.versions_used, stream_key, what="versions", ttl=ttl)
         self.pipeline = Pipeline(self.roots, self.queue, self.settler, self.scanner, self.journal,
                                  on_journaled=self.publishers.wake, max_settling=settings.max_settling_files,
-                                 ranges=self.ranges, versions=self.versions)
+                                 ranges=self.ranges, versions=self.versions, fence=self.heartbeat.fence)
         self.supervisor = Supervisor(self.roots, self.queue, self.scanner, rescan_interval=settings.rescan_interval,
+                                     holder=self.heartbeat.holder,
                                      status_file=settings.state_dir / "status.json", status=self.status)
         self.metrics.attach(self)
         self.listener: Listener | None = None
@@ -165,6 +169,7 @@ class Service:
         if self.listener is not None:
             self.listener.start()  # first: a port in use stops start-up before any thread runs
         self.publishers.start()
+        self.heartbeat.beat()  # which shared roots this agent watches, before any observer starts
         self.heartbeat.start()
         self.deliverer.start()
         self.ranges.start()
@@ -176,10 +181,16 @@ class Service:
             self.supervisor.start()
             self.supervisor.write_status()  # `watcher status` sees the agent at once
         for r in self.roots.values():
-            self.scanner.request(r.name, verify=self.verify)
+            if self.heartbeat.holder(r.name) is None:  # a root another agent watches is its to scan
+                self.scanner.request(r.name, verify=self.verify)
         self.started = True
         log.info("watcher started: %d root(s), journal %s, tracker %s, agent %s, state %s", len(self.roots),
                  self.journal.url, self.backend.name, self.agent, self.settings.state_dir)
+
+    def _watches_changed(self) -> None:
+        """The heartbeat found that another agent took a root, or that we may take one."""
+        if self.started and self.watch:
+            self.supervisor.check_now()
 
     def threads(self) -> list[Any]:
         out: list[Any] = [self.supervisor, self.scanner, self.pipeline, self.ranges, self.versions, self.deliverer,
@@ -340,8 +351,9 @@ class Service:
         while nothing does), why a native root is polled, and how often its directory was replaced."""
         w = self.supervisor.watching.get(root) if self.watch else None
         if w is None:
-            return {"watching": "", "observer_fallback": None, "replaced": 0, "down_reason": None}
-        return {"watching": w.kind, "observer_fallback": w.fallback, "replaced": w.replaced, "down_reason": w.down}
+            return {"watching": "", "observer_fallback": None, "replaced": 0, "down_reason": None, "standby_for": None}
+        return {"watching": "standby" if w.standby else w.kind, "observer_fallback": w.fallback,
+                "replaced": w.replaced, "down_reason": w.down, "standby_for": w.standby}
 
     def status(self) -> dict[str, Any]:
         return {

@@ -44,6 +44,7 @@ class Watching:
     replaced: int = 0  # times another directory took the root's path
     translator: Translator | None = None  # the native observer's: it sees the root's own deletion
     down: str | None = None  # why the root is down though its folder is there (marker missing, stale mount)
+    standby: str | None = None  # the other agent that watches this root (`watched_by: one`); we stand by
 
 
 def identity(path: str) -> tuple[int, int] | None:
@@ -57,7 +58,8 @@ def identity(path: str) -> tuple[int, int] | None:
 
 class Supervisor(threading.Thread):
     def __init__(self, roots: dict[str, RootRuntime], events: "queue.Queue[Event]", scanner: Scanner, *,
-                 rescan_interval: float, status_file: Path, status: Callable[[], dict[str, Any]]) -> None:
+                 rescan_interval: float, status_file: Path, status: Callable[[], dict[str, Any]],
+                 holder: Callable[[str], str | None] = lambda _root: None) -> None:
         super().__init__(name="supervisor", daemon=True)
         self.roots = roots
         self.events = events
@@ -65,6 +67,7 @@ class Supervisor(threading.Thread):
         self.rescan_interval = rescan_interval
         self.status_file = status_file
         self.status = status
+        self.holder = holder  # the other agent watching a root, if one does (the heartbeat's word)
         self._halt = threading.Event()
         self._lock = threading.Lock()  # observers start and stop under it: stop() never races a check
         self._stopped = False
@@ -118,6 +121,10 @@ class Supervisor(threading.Thread):
         if self._stopped:
             return
         w = self.watching.setdefault(r.name, Watching())
+        w.standby = self.holder(r.name)
+        if w.standby is not None:  # another agent watches it: nothing to start here
+            r.up = True
+            return
         if self._mount_down(r, w):
             return
         ident = identity(r.path)
@@ -229,8 +236,34 @@ class Supervisor(threading.Thread):
         r.up, w.down = False, problem
         return True
 
+    def check_now(self) -> None:
+        """Look at every root at once (the heartbeat found that who watches what changed)."""
+        with self._lock:
+            if self._stopped or not (self.is_alive() or self._started_observers):
+                return
+            for r in list(self.roots.values()):
+                self._next_full.setdefault(r.name, time.monotonic() + self.rescan_interval * random.uniform(0.75, 1.25))
+                try:
+                    self._check_root(r, self._next_full, self.rescan_interval)
+                except Exception:
+                    log.exception("root %s: supervisor check failed", r.name)
+
     def _check_root(self, r: RootRuntime, next_full: dict[str, float], interval: float) -> None:
-        if self._mount_down(r, self.watching.setdefault(r.name, Watching())):
+        w = self.watching.setdefault(r.name, Watching())
+        holder = self.holder(r.name)
+        if holder is not None:
+            if w.standby is None:  # another agent took the root: its events and scans are that agent's
+                log.warning("root %s: agent %s watches it now; this agent stops watching it and stands by", r.name,
+                            holder)
+                self._stop_observer(r)
+            w.standby, r.up = holder, True
+            return
+        if w.standby is not None:  # ours now: whatever happened while we stood by is found by a rescan
+            was, w.standby = w.standby, None
+            log.warning("root %s: taking it over from agent %s", r.name, was)
+            self._restart(r, f"taken over from agent {was}")
+            return
+        if self._mount_down(r, w):
             return
         ident = identity(r.path)
         if ident is None:

@@ -289,6 +289,14 @@ MIGRATIONS: list[str] = [
         first_seen {real} NOT NULL
     )
     """,
+    # which agent watches each root (`watched_by: one`): held while its heartbeat is fresh
+    """
+    CREATE TABLE watches (
+        root {text} NOT NULL PRIMARY KEY,
+        agent {text} NOT NULL,
+        since {real} NOT NULL
+    )
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -829,15 +837,54 @@ class Journal:
         self.db.write(run)
 
     def agent_stopped(self, agent: str) -> None:
-        self.db.write(lambda cur: cur.execute("UPDATE agents SET stopped_at=? WHERE agent=?", (self._clock(), agent)))
+        """A clean stop: the roots it watched are free for the next agent at once."""
+        def run(cur: Cursor) -> None:
+            cur.execute("UPDATE agents SET stopped_at=? WHERE agent=?", (self._clock(), agent))
+            cur.execute("DELETE FROM watches WHERE agent=?", (agent,))
+
+        self.db.write(run)
+
+    def take_watches(self, agent: str, roots: list[str], timeout: float,
+                     alive: Callable[[str], bool]) -> dict[str, str]:
+        """Root -> the agent that watches it now, after taking for ``agent`` each of ``roots``
+        that nobody watches or whose watcher is gone: stopped, silent for ``timeout`` seconds,
+        or (``alive``) a process known dead. Each takeover is a guarded UPDATE, so two agents
+        racing for a root cannot both win."""
+        now = self._clock()
+
+        def run(cur: Cursor) -> dict[str, str]:
+            insert_rows(cur, self.db.dialect, "INSERT INTO watches (root, agent, since)", ("text", "text", "real"),
+                        [(r, agent, now) for r in sorted(roots)], "ON CONFLICT (root) DO NOTHING")
+            cond, params = self.db.dialect.any_of("w.root", sorted(roots))
+            found = cur.execute(f"SELECT w.root, w.agent, a.heartbeat_at, a.stopped_at FROM watches w LEFT JOIN agents "
+                                f"a ON a.agent = w.agent WHERE {cond}", params).fetchall()
+            out: dict[str, str] = {}
+            for root, holder, beat, stopped in found:
+                gone = holder != agent and (beat is None or stopped is not None or beat < now - timeout
+                                            or not alive(holder))
+                if gone and cur.execute("UPDATE watches SET agent=?, since=? WHERE root=? AND agent=?",
+                                        (agent, now, root, holder)).rowcount == 1:
+                    holder = agent
+                out[root] = holder
+            return out
+
+        return self.db.write(run) if roots else {}
+
+    def watches(self) -> dict[str, str]:
+        """Root -> the agent that watches it (``watched_by: one``)."""
+        return dict(self.db.read(lambda cur: cur.execute("SELECT root, agent FROM watches").fetchall()))
 
     def agents(self) -> list[dict[str, Any]]:
         """Every agent that has spoken, newest heartbeat first, with what it holds now."""
         def run(cur: Cursor) -> list[dict[str, Any]]:
             held = dict(cur.execute("SELECT agent, COUNT(*) FROM publishes WHERE status=? GROUP BY agent",
                                     (Status.PUBLISHING.value,)).fetchall())
+            watching: dict[str, list[str]] = {}
+            for root, who in cur.execute("SELECT root, agent FROM watches ORDER BY root").fetchall():
+                watching.setdefault(who, []).append(root)
             return [{"agent": a, "host": h, "pid": pid, "started_at": st, "roots": json.loads(roots),
-                     "heartbeat_at": hb, "stopped_at": stop, "publishing": held.get(a, 0)}
+                     "watching": watching.get(a, []), "heartbeat_at": hb, "stopped_at": stop,
+                     "publishing": held.get(a, 0)}
                     for a, h, pid, st, roots, hb, stop in cur.execute(
                         "SELECT agent, host, pid, started_at, roots, heartbeat_at, stopped_at FROM agents "
                         "ORDER BY heartbeat_at DESC").fetchall()]

@@ -74,7 +74,7 @@ MIN_SQLITE = (3, 35, 0)
 BUSY_TIMEOUT = 10.0
 BUSY_STEP_MS = 100  # SQLite's own busy wait per try; between tries, shutdown is noticed
 TABLES = {"publishes", "files", "events", "registry", "deliveries", "unmatched", "unmatched_dropped", "agents",
-          "roots_seen", "sqlite_sequence"}
+          "roots_seen", "watches", "sqlite_sequence"}
 
 
 class SqliteDatabase(Database):
