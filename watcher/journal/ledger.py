@@ -65,6 +65,9 @@ class Dialect:
     rows: Callable[[tuple[str, ...], list[tuple[Any, ...]]], tuple[str, list[Any]]] = field(default=None)  # type: ignore[assignment]
     any_of: Callable[[str, list[Any]], tuple[str, list[Any]]] = field(default=None)  # type: ignore[assignment]
     rows_per_statement: int = 200  # SQLite: bounded by its parameter limit
+    # ``column`` among the first column of a CTE's rows, spelled so that the planner looks the
+    # rows up by index (PostgreSQL otherwise hash-joins a whole table to a batch it cannot size)
+    in_cte: Callable[[str, str, str], str] = lambda column, cte, of: f"{column} IN (SELECT {of} FROM {cte})"
 
     def __post_init__(self) -> None:
         if self.rows is None:
@@ -582,8 +585,8 @@ class Journal:
             rows = cur.execute(
                 f"WITH picked AS MATERIALIZED (SELECT id FROM publishes WHERE status=? AND next_attempt_at<=? "
                 f"ORDER BY next_attempt_at, id LIMIT ?{self.db.dialect.lock_rows}) "
-                f"UPDATE publishes SET {t.sets}, status=?, updated_at=? WHERE status=? AND id IN "
-                f"(SELECT id FROM picked) RETURNING {COLUMNS}",
+                f"UPDATE publishes SET {t.sets}, status=?, updated_at=? WHERE status=? AND "
+                f"{self.db.dialect.in_cte('id', 'picked', 'id')} RETURNING {COLUMNS}",
                 (Status.PENDING.value, now, limit, agent, now + lease_seconds, Status.PUBLISHING.value, now,
                  Status.PENDING.value)).fetchall()
             at = self._clock()
@@ -623,11 +626,13 @@ class Journal:
                 rel, args = d.rows(("bigint", "text", "text", "bool"),
                                    [(row_id, ref.id, ref.url, ref.adopted) for row_id, ref in chunk])
                 rows = cur.execute(
-                    f"UPDATE publishes SET status=?, tracker=?, tracker_id=v.column2, tracker_url=v.column3, "
-                    f"adopted=v.column4, published_at=?, updated_at=?, last_error=NULL, uncertain=FALSE, "
-                    f"attempts=attempts+1, agent=NULL, lease_until=NULL FROM {rel} "
-                    f"WHERE publishes.id=v.column1 AND publishes.status=? AND publishes.agent=? RETURNING publishes.id",
-                    (to.value, tracker, now, now, *args, t.frm[0].value, agent)).fetchall()
+                    f"WITH b AS MATERIALIZED (SELECT * FROM {rel}) "
+                    f"UPDATE publishes SET status=?, tracker=?, tracker_id=b.column2, tracker_url=b.column3, "
+                    f"adopted=b.column4, published_at=?, updated_at=?, last_error=NULL, uncertain=FALSE, "
+                    f"attempts=attempts+1, agent=NULL, lease_until=NULL FROM b "
+                    f"WHERE publishes.id=b.column1 AND {d.in_cte('publishes.id', 'b', 'column1')} AND publishes.status=? "
+                    f"AND publishes.agent=? RETURNING publishes.id",
+                    (*args, to.value, tracker, now, now, t.frm[0].value, agent)).fetchall()
                 moved.update(r[0] for r in rows)
             recorded = [(row_id, ref) for row_id, ref in done if row_id in moved]
             insert_rows(cur, d, *EVENT_ROWS,

@@ -61,6 +61,7 @@ POSTGRES = Dialect(
     rows=lambda types, rows: _rows_json(types, rows),
     any_of=lambda column, values: _any_of(column, values),
     rows_per_statement=5000,
+    in_cte=lambda column, cte, of: f"{column} = ANY(ARRAY(SELECT {of} FROM {cte}))",
 )
 # the ledger's column kinds -> PostgreSQL types
 PG_TYPES = {"text": "text", "bigint": "bigint", "int": "integer", "real": "float8", "json": "jsonb",
