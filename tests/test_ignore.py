@@ -45,3 +45,13 @@ def test_inside_follows_symlinks(tmp_path):
     assert inside(real, str(root / "a/in.txt")) and inside(real, str(root / "a/link_in"))
     assert not inside(real, str(root / "a/link_out"))
     assert not inside(real, str(root / "a/../../out.txt"))
+
+
+def test_user_globs_follow_gitignore_rules():
+    """The root's globs read as a .gitignore does: a folder pattern takes everything in it, a
+    `!` line takes a path back, a `#` line is a comment, a leading `/` anchors at the root."""
+    ig = Ignorer(["# scratch areas", "wip/", "*.exr", "!hero.*.exr", "/notes.txt"])
+    assert ig.ignored("sh010/wip/a/b.nk") and ig.ignored_dir("sh010/wip")
+    assert ig.ignored("sh010/beauty.1001.exr") and not ig.ignored("sh010/hero.1001.exr")
+    assert ig.ignored("notes.txt") and not ig.ignored("sh010/notes.txt")
+    assert not ig.ignored("sh010/comp.nk")

@@ -8,6 +8,8 @@ import fnmatch
 import os
 import re
 
+import pathspec
+
 from .paths import RootPath, RootPathError, is_junk, is_junk_dir
 
 # Names writers use while a file is incomplete. A save that writes one of these and renames it
@@ -21,15 +23,25 @@ COOKIE_PREFIX = ".watcher-cookie-"
 
 
 class Ignorer:
-    """``ignored(relpath)`` answers for a path relative to its root (POSIX separators). On a
-    case-insensitive volume (NTFS, APFS, SMB shares) the root's globs ignore case as its names
-    do: ``*.bak`` also ignores ``PLATE.BAK``."""
+    """``ignored(relpath)`` answers for a path relative to its root (POSIX separators). The
+    root's globs are gitignore patterns (``pathspec``): a pattern without ``/`` matches a name at
+    any depth, one with ``/`` is anchored at the root, ``**`` crosses folders, a trailing ``/``
+    matches a folder and everything in it, ``!`` takes a path back. On a case-insensitive
+    volume (NTFS, APFS, SMB shares) they ignore case as its names do: ``*.bak`` also ignores
+    ``PLATE.BAK``."""
 
     def __init__(self, globs: list[str] | tuple[str, ...] = (), *, case_insensitive: bool = False) -> None:
         self.globs = tuple(globs)
         self.case_insensitive = case_insensitive
-        flags = re.IGNORECASE if case_insensitive else 0
-        self._user = re.compile("|".join(_glob_re(g) for g in globs), flags) if globs else None
+        lines = [g.strip() for g in globs if g.strip()]
+        if case_insensitive:
+            lines = [g.lower() for g in lines]
+        self._user = pathspec.GitIgnoreSpec.from_lines(lines) if lines else None
+
+    def _matches(self, relpath: str) -> bool:
+        if self._user is None:
+            return False
+        return self._user.match_file(relpath.lower() if self.case_insensitive else relpath)
 
     def ignored(self, relpath: str) -> bool:
         head, _, name = relpath.rpartition("/")
@@ -40,36 +52,12 @@ class Ignorer:
             return True
         if head and any(is_junk_dir(d) for d in head.split("/")):  # an event from inside $RECYCLE.BIN
             return True
-        return bool(self._user and self._user.match(relpath))
+        return self._matches(relpath)
 
     def ignored_dir(self, reldir: str) -> bool:
         """Directories not to descend into while scanning."""
         name = reldir.rsplit("/", 1)[-1]
-        return name.startswith(".") or is_junk_dir(name) or bool(self._user and self._user.match(reldir + "/"))
-
-
-def _glob_re(glob: str) -> str:
-    """Globs on the relative path: ``*`` stays within a segment, ``**`` crosses them, a glob
-    without ``/`` matches the file name at any depth, a trailing ``/`` matches a directory."""
-    g = glob.strip()
-    anchored = "/" in g.rstrip("/")
-    out = ""
-    i = 0
-    while i < len(g):
-        c = g[i]
-        if g.startswith("**/", i):
-            out += "(?:.*/)?"
-            i += 3
-            continue
-        if g.startswith("**", i):
-            out += ".*"
-            i += 2
-            continue
-        out += {"*": "[^/]*", "?": "[^/]"}.get(c, re.escape(c))
-        i += 1
-    if g.endswith("/"):
-        out += ".*"
-    return ("" if anchored else "(?:.*/)?") + out + r"\Z"
+        return name.startswith(".") or is_junk_dir(name) or self._matches(reldir + "/")
 
 
 def inside(root_real: str, path: str) -> bool:
