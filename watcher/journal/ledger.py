@@ -517,10 +517,11 @@ class Journal:
         created: dict[str, int] = {}
         firsts = list({p.key: p for p, _ in items}.values())  # a key twice in a batch: the first
         d = self.db.dialect
+        pending = Status.PENDING.value
         # ON CONFLICT waits for a concurrent insert of the same key, then skips that row.
         rows = insert_rows(cur, d, "INSERT INTO publishes (key, status, payload, created_at, updated_at, next_attempt_at)",
                            ("text", "text", "json", "real", "real", "real"),
-                           [(p.key, Status.PENDING.value, self._payload(p), now, now, now) for p in firsts],
+                           [(p.key, pending, self._payload(p), now, now, now) for p in firsts],
                            "ON CONFLICT (key) DO NOTHING RETURNING id, key")
         created.update((key, rid) for rid, key in rows)
         held = [p.key for p in firsts if p.key not in created]
