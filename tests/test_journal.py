@@ -621,3 +621,18 @@ def test_pg_batch_statements_look_rows_up_by_index_not_by_scanning_the_journal(p
             assert scanned == {name: 0 for name in steps}
     finally:
         j.close()
+
+
+def test_watches_a_root_its_watcher_no_longer_has_is_free(journal):
+    """A reload that removes a root (or makes it `watched_by: every`) frees it at the agent's
+    next heartbeat; a holder whose heartbeat lists no such root counts as gone for it."""
+    alive = lambda _agent: True  # noqa: E731
+    journal.heartbeat("A", "h", 1, 1.0, ["shows", "vendor"], ["shows", "vendor"])
+    assert journal.take_watches("A", ["shows", "vendor"], 30, alive) == {"shows": "A", "vendor": "A"}
+    journal.heartbeat("A", "h", 1, 1.0, ["vendor"], ["vendor"])  # `shows` removed by a reload
+    assert journal.watches() == {"vendor": "A"}
+    journal.heartbeat("B", "h", 2, 1.0, ["shows", "vendor"], ["shows", "vendor"])
+    assert journal.take_watches("B", ["shows", "vendor"], 30, alive) == {"shows": "B", "vendor": "A"}
+    # an older agent that keeps its row: its heartbeat's roots say it has no `vendor` any more
+    journal.heartbeat("A", "h", 1, 1.0, ["plates"])
+    assert journal.take_watches("B", ["vendor"], 30, alive) == {"vendor": "B"}

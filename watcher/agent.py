@@ -112,8 +112,8 @@ class Heartbeat(threading.Thread):
         host, pid, started = self._who
         t0 = self._clock()
         try:
-            self.journal.heartbeat(self.agent, host, pid, started, self.roots())
             shared = self.shared()
+            self.journal.heartbeat(self.agent, host, pid, started, self.roots(), shared)
             holders = self.journal.take_watches(self.agent, shared, self.timeout, alive) if shared else {}
         except Exception as exc:  # the journal may be away for a while: say so once, keep trying
             if not self._failing:

@@ -281,6 +281,8 @@ class Service:
             self.supervisor.remove_root(name)
             self.scanner.remove_root(name)
             self.roots.pop(name, None)
+        if removed and self.watch:
+            self.heartbeat.beat()  # the shared roots it no longer has are free for other agents at once
         for name in added:
             self._add_root(roots[name])
         self.settings = new
@@ -298,8 +300,10 @@ class Service:
         self.roots[r.name] = r
         self.scanner.add_root(r.name, r.path, r.ignorer)
         if self.watch:
+            self.heartbeat.beat()  # another agent may watch it already: then we stand by
             self.supervisor.add_root(r)
-        self.scanner.request(r.name)
+        if self.heartbeat.holder(r.name) is None:
+            self.scanner.request(r.name)
 
     def _replace_root(self, name: str, r: RootRuntime) -> None:
         old = self.supervisor.remove_root(name)  # stops its observer

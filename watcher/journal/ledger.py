@@ -827,8 +827,10 @@ class Journal:
         return {(r, f"{d}/{n}" if d else n): (size, mtime) for r, d, n, size, mtime in rows}
 
     # -- agents ------------------------------------------------------------------------------
-    def heartbeat(self, agent: str, host: str, pid: int, started_at: float, roots: list[str]) -> None:
-        """This agent is alive and watches ``roots`` (``watcher agents``). A root never seen
+    def heartbeat(self, agent: str, host: str, pid: int, started_at: float, roots: list[str],
+                  shared: list[str] | None = None) -> None:
+        """This agent is alive and watches ``roots`` (``watcher agents``); of them, only ``shared``
+        (default: all) may be watched by one agent for all (``take_watches``). A root never seen
         before is first seen now, at this agent's first heartbeat, which it sends as it starts,
         before its first scan (``existing: baseline``; the agent id's start is whole seconds)."""
         now = self._clock()
@@ -838,6 +840,11 @@ class Journal:
                 "INSERT INTO agents (agent, host, pid, started_at, roots, heartbeat_at) VALUES (?,?,?,?,?,?) "
                 "ON CONFLICT (agent) DO UPDATE SET heartbeat_at=excluded.heartbeat_at, roots=excluded.roots, "
                 "stopped_at=NULL", (agent, host, pid, started_at, dumps(roots), now))
+            if shared:  # a root this agent no longer watches for all is free for the next agent
+                cond, params = self.db.dialect.any_of("root", sorted(shared))
+                cur.execute(f"DELETE FROM watches WHERE agent=? AND NOT ({cond})", (agent, *params))
+            elif shared is not None:
+                cur.execute("DELETE FROM watches WHERE agent=?", (agent,))
             self._see_roots(cur, sorted(roots), now)
 
         self.db.write(run)
@@ -854,20 +861,21 @@ class Journal:
                      alive: Callable[[str], bool]) -> dict[str, str]:
         """Root -> the agent that watches it now, after taking for ``agent`` each of ``roots``
         that nobody watches or whose watcher is gone: stopped, silent for ``timeout`` seconds,
-        or (``alive``) a process known dead. Each takeover is a guarded UPDATE, so two agents
-        racing for a root cannot both win."""
+        (``alive``) a process known dead, or no longer configured with the root (a reload
+        removed it, or made it `watched_by: every`). Each takeover is a guarded UPDATE, so two
+        agents racing for a root cannot both win."""
         now = self._clock()
 
         def run(cur: Cursor) -> dict[str, str]:
             insert_rows(cur, self.db.dialect, "INSERT INTO watches (root, agent, since)", ("text", "text", "real"),
                         [(r, agent, now) for r in sorted(roots)], "ON CONFLICT (root) DO NOTHING")
             cond, params = self.db.dialect.any_of("w.root", sorted(roots))
-            found = cur.execute(f"SELECT w.root, w.agent, a.heartbeat_at, a.stopped_at FROM watches w LEFT JOIN agents "
-                                f"a ON a.agent = w.agent WHERE {cond}", params).fetchall()
+            found = cur.execute(f"SELECT w.root, w.agent, a.heartbeat_at, a.stopped_at, a.roots FROM watches w "
+                                f"LEFT JOIN agents a ON a.agent = w.agent WHERE {cond}", params).fetchall()
             out: dict[str, str] = {}
-            for root, holder, beat, stopped in found:
+            for root, holder, beat, stopped, theirs in found:
                 gone = holder != agent and (beat is None or stopped is not None or beat < now - timeout
-                                            or not alive(holder))
+                                            or root not in json.loads(theirs or "[]") or not alive(holder))
                 if gone and cur.execute("UPDATE watches SET agent=?, since=? WHERE root=? AND agent=?",
                                         (agent, now, root, holder)).rowcount == 1:
                     holder = agent
