@@ -10,13 +10,16 @@ lost and duplicated, and journal transactions per publish.
     python bench/agents.py --quick      # 4,000 files, 1 rep (~1-2 min)
     python bench/agents.py --reps 3 --markdown out.md
     python bench/agents.py --src ../other  # the agents run another checkout's watcher
+    python bench/agents.py --server-apart  # PostgreSQL off the agents' core (a database server of its own)
 
 Target: 3 agents on PostgreSQL publish at least as fast as 1 agent on SQLite (medians), and
 nothing is lost or duplicated anywhere. Method (shared with bench/pipeline.py part 1d):
 
 - the writer is a separate process pinned to CPU 0; every agent AND the PostgreSQL server
   (postmaster, hence each backend it forks) are pinned to CPU 1, so the variants get the same
-  CPU budget (--no-pin to let the scheduler place them). The server is a private one
+  CPU budget (--no-pin to let the scheduler place them; --server-apart puts the server on the
+  writer's CPU instead, as a database on its own machine, to see the agents' own limit). The
+  server is a private one
   (tests/pg_server.py: initdb + pg_ctl, fsync and synchronous_commit off), one fresh database
   per run, stopped and deleted at the end (Ctrl-C and SIGTERM included);
 - published rate = files published in the local registry / (last ``published_at`` - writer's
@@ -66,6 +69,9 @@ def main() -> int:
     ap.add_argument("--markdown", help="also write the table as Markdown to this file")
     ap.add_argument("--src", help="run the watcher package of another checkout (a directory holding watcher/)")
     ap.add_argument("--no-pin", action="store_true", help="do not pin the writer to CPU 0, agents and server to CPU 1")
+    ap.add_argument("--server-apart", action="store_true",
+                    help="pin PostgreSQL to the writer's CPU, not the agents' (as a database server on its own "
+                         "machine would be; the writer is done within about a second)")
     args = ap.parse_args()
     if shutil.which("inotifywait") is None:
         print("error: inotifywait is not installed (apt-get install inotify-tools)", file=sys.stderr)
@@ -77,7 +83,7 @@ def main() -> int:
             return 2
     cpus = sorted(os.sched_getaffinity(0))
     if not args.no_pin and len(cpus) >= 2:
-        P.PIN.update(writer=cpus[0], watcher=cpus[1])
+        P.PIN.update(writer=cpus[0], watcher=cpus[1], server=cpus[0] if args.server_apart else None)
     wl = P.Singles(20, 200) if args.quick else P.Singles(50, 400)
     settle = 0.5
     reps = args.reps or (1 if args.quick else 2)
@@ -86,7 +92,8 @@ def main() -> int:
     res: dict[str, list[dict]] = {k: [] for k, *_ in VARIANTS}
     t0 = time.monotonic()
     load = os.getloadavg()
-    pin = (f"writer on CPU {P.PIN['writer']}, agents and PostgreSQL on CPU {P.PIN['watcher']}"
+    pin = ((f"writer and PostgreSQL on CPU {P.PIN['writer']}, agents on CPU {P.PIN['watcher']}" if args.server_apart
+            else f"writer on CPU {P.PIN['writer']}, agents and PostgreSQL on CPU {P.PIN['watcher']}")
            if P.PIN["writer"] is not None else "not pinned")
     print(f"watcher agents bench: {wl.n:,} Nuke scripts ({wl.shots} shot folders x {wl.per}), settle {settle} s, "
           f"reps {reps}{' (quick)' if args.quick else ''}, {pin}, {os.cpu_count()} CPUs, load {load[0]:.2f} "

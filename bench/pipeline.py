@@ -117,7 +117,7 @@ from typing import Any, Callable  # noqa: E402
 PROCS: list[subprocess.Popen] = []  # every process we started, so that an abort ends them
 # On 2+ cores the writer gets CPU 0 and every watcher CPU 1, so that neither can slow the other
 # down by taking its core (--no-pin to let the scheduler place them).
-PIN: dict[str, int | None] = {"writer": None, "watcher": None}
+PIN: dict[str, int | None] = {"writer": None, "watcher": None, "server": None}  # server None: the watchers' CPU
 
 
 def pin_watcher() -> None:
@@ -676,7 +676,8 @@ class Pg:
     def pin(self) -> None:
         """The server (postmaster, hence every backend it forks) on the watchers' CPU: the
         journal's work is the agents' work, as it is in-process with SQLite."""
-        if PIN["watcher"] is None:
+        cpu = PIN["server"] if PIN["server"] is not None else PIN["watcher"]
+        if cpu is None:
             return
         try:
             pm = int((self.server.data / "postmaster.pid").read_text().split()[0])
@@ -693,7 +694,7 @@ class Pg:
                     pass
         for pid in pids:
             try:
-                os.sched_setaffinity(pid, {PIN["watcher"]})
+                os.sched_setaffinity(pid, {cpu})
             except OSError:
                 pass
 

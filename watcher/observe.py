@@ -217,7 +217,7 @@ def native_observer(root: str, path: str, out: "queue.Queue[Event]", on_lost: On
                      event_filter=EVENT_FILTER if reports.closes else EVENT_FILTER_NO_CLOSE)
         for emitter in obs.emitters:  # before they start: they hand events to the translator themselves
             if hasattr(type(emitter), "direct"):
-                emitter.direct = translator
+                setattr(emitter, "direct", translator)  # noqa: B010 - our Emitter subclass's, not watchdog's type
     except BaseException:
         discard(obs)
         raise
