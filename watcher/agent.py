@@ -19,8 +19,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger("watcher")
 
-HEARTBEAT_SECONDS = 10.0  # an agent silent for three of these is taken as gone (`watcher agents`)
-AGENT_TIMEOUT = 3 * HEARTBEAT_SECONDS
+AGENT_TIMEOUT = 30.0  # `agent_timeout_seconds`: an agent silent this long is gone; it beats every third of it
 
 
 @dataclass(frozen=True)
@@ -74,7 +73,7 @@ class Heartbeat(threading.Thread):
 
     The watch is a lease: held until ``timeout`` after the last heartbeat the journal took. An
     agent that was frozen or cut off past it may no longer journal what it saw there
-    (``fenced``) until a heartbeat says whether the root is still its own."""
+    (``fence``) until a heartbeat says whether the root is still its own."""
 
     def __init__(self, journal: "Journal", agent: str, roots: Callable[[], list[str]],
                  shared: Callable[[], list[str]] = lambda: [], timeout: float = AGENT_TIMEOUT,
@@ -88,6 +87,7 @@ class Heartbeat(threading.Thread):
         self._halt = threading.Event()
         self._failing = False
         self._lock = threading.Lock()
+        self._beating = threading.Lock()  # one beat at a time (this thread's, or a reload's)
         self._holders: dict[str, str] = {}  # shared root -> its watcher, as the last heartbeat found it
         self._until = 0.0  # our watches hold until then (wall clock: the journal's time)
 
@@ -109,6 +109,10 @@ class Heartbeat(threading.Thread):
 
     # -- the beat --------------------------------------------------------------------------
     def beat(self) -> None:
+        with self._beating:
+            self._beat()
+
+    def _beat(self) -> None:
         host, pid, started = self._who
         t0 = self._clock()
         try:

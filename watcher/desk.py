@@ -31,7 +31,6 @@ from urllib.parse import parse_qs, urlencode
 
 from jinja2 import DictLoader, Environment, StrictUndefined
 
-from .agent import HEARTBEAT_SECONDS
 from .config import Settings, is_loopback, read_token
 from .errors import WatcherError
 from .journal.base import Row, Status
@@ -245,8 +244,10 @@ class DeskApp:
         db = self.journal.db
         today = db.read(lambda c: c.execute("SELECT COUNT(*) FROM publishes WHERE status=? AND published_at>=?",
                                             (Status.PUBLISHED.value, midnight)).fetchone()[0])
-        live = now - 3 * HEARTBEAT_SECONDS
-        agents = [f"{a['agent']} ({', '.join(a['roots']) or 'no roots'}; publishing {a['publishing']})"
+        live = now - self.settings.agent_timeout_seconds
+        agents = [f"{a['agent']} ({', '.join(a['roots']) or 'no roots'}"
+                  + (f"; the one watching {', '.join(a['watching'])}" if a["watching"] else "")
+                  + f"; publishing {a['publishing']})"
                   for a in self.journal.agents() if a["stopped_at"] is None and a["heartbeat_at"] >= live]
         needle = q.lower()
         keep = (lambda r: needle in _haystack(r)) if needle else (lambda r: True)
