@@ -75,6 +75,9 @@ class Backend(ABC):
     #: rows a worker claims at once. HTTP trackers take one (a slow call must not hold rows
     #: that another worker could publish); the local registry writes a batch in one transaction.
     batch_size: ClassVar[int] = 1
+    # More publisher threads than this gain nothing: a backend that works in-process (the local
+    # registry) holds the GIL throughout, so extra threads only contend and split its batches.
+    max_workers: ClassVar[int | None] = None
 
     def publish_batch(self, jobs: list[Job]) -> list[TrackerRef | PublishError]:
         """``publish`` for several jobs; each result is a ref or the error of that job alone.

@@ -64,6 +64,7 @@ class LocalBackend(Backend):
         self.registry = Registry(context.journal_url)
 
     batch_size = 256
+    max_workers = 1  # its writes are in-process: one thread with whole batches is the fastest
 
     def publish(self, job: Job) -> TrackerRef:
         reg_id, _created = self.registry.add(job.publish.key, job.publish.to_dict())

@@ -72,6 +72,7 @@ class Publishers:
         self.on_published = on_published  # runs in the transaction that records a publish (webhooks)
         self.after_published = after_published
         self.orphaned_after = ORPHANED_AFTER
+        workers = min(workers, getattr(backend, "max_workers", None) or workers)
         self.threads = [threading.Thread(target=self._run, name=f"publisher-{i}", daemon=True) for i in range(workers)]
         self._keeper = threading.Thread(target=self._keep_leases, name="publisher-leases", daemon=True)
 
