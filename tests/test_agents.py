@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Iterable
 
 import psycopg
 import pytest
@@ -41,6 +42,20 @@ def start_agent(tmp: Path, name: str, root: Path, url: str, watched_by: str = "o
                          stdout=subprocess.DEVNULL, stderr=log)
     log.close()
     return p
+
+
+def stop_all(procs: Iterable[subprocess.Popen]) -> None:
+    """Continue any frozen agent, ask each to stop, and kill what does not within 20 s."""
+    procs = list(procs)
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGCONT)
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(20)
+        except subprocess.TimeoutExpired:
+            p.kill()
 
 
 def log_of(tmp: Path, name: str) -> str:
@@ -96,15 +111,7 @@ def test_three_agents_one_killed_one_frozen_publish_everything_once(tmp_path, pg
         time.sleep(LEASE)  # anything the continued agent might still do twice would land now
         wait_for(lambda: "lost the claim" in log_of(tmp_path, "b"), 20)
     finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGCONT)
-                p.terminate()
-        for p in procs.values():
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(procs.values())
     rows = query(pg_url, "SELECT status, payload->>'path', payload->>'frames', (payload->>'frame_count')::int "
                          "FROM publishes")
     assert len(rows) == 2020 and {r[0] for r in rows} == {"published"}
@@ -175,15 +182,7 @@ def test_one_agent_watches_a_shared_root_killed_and_frozen_watchers_are_taken_ov
         time.sleep(2.0)  # anything done twice would land now
         assert watcher() == third
     finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGCONT)
-                p.terminate()
-        for p in procs.values():
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(procs.values())
     paths = published()
     assert sorted(paths) == sorted(files), "a file was lost or published twice"
     assert query(pg_url, "SELECT count(*) FROM publishes")[0][0] == 350

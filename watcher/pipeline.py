@@ -40,6 +40,13 @@ log = logging.getLogger("watcher")
 # are treated as synthetic: no close event may ever follow them.
 NEW_DIR_WINDOW = 2.0
 BATCH = 2000  # events handled before the settler is asked what is due
+# Group commit: the pipeline journals at most once per GROUP_WINDOW seconds (or at once when
+# GROUP_SIZE candidates have gathered); a candidate that settles sooner after the last commit
+# waits for the next one. A quiet root pays nothing: its candidates find the window long past.
+# Committed as they came due, a steady burst went to the journal a few candidates per
+# transaction (on PostgreSQL, once: 0.7 transactions per publish and 0.6x the throughput).
+GROUP_WINDOW = 0.02
+GROUP_SIZE = 500
 # One candidate that fails on its own (building its publish, deciding, journaling it) is tried
 # again alone after FAULT_BASE, 2x, 4x... (capped at FAULT_CAP) seconds, and parked after MAX_TRIES
 # attempts; the journal's own faults (locked, full, read-only) follow the journal's backoff.
@@ -117,6 +124,10 @@ class Pipeline(threading.Thread):
         self.journal_waiting = 0  # len(_waiting) for other threads (status, `scan`)
         self.parked_view: tuple[dict[str, Any], ...] = ()
         self._unmatched_error: str | None = None
+        self._group: list[Candidate] = []  # settled, waiting (at most GROUP_WINDOW) to be journaled together
+        self._group_keys: set[str] = set()
+        self._last_commit = 0.0  # monotonic
+        self.group_window = GROUP_WINDOW
 
     @property
     def unmatched(self) -> dict[str, int]:
@@ -165,9 +176,24 @@ class Pipeline(threading.Thread):
             except Exception as exc:  # noqa: BLE001 - the pipeline outlives any one failure
                 log.error("pipeline: unexpected error: %s: %s; continuing", type(exc).__name__, shown(str(exc)))
                 log.debug("pipeline failure", exc_info=True)
+        group = self._gather([])  # stopping: what settled is journaled now, not rescanned at the next start
+        if group:
+            try:
+                self.commit(group)
+            except Exception as exc:  # noqa: BLE001 - not journaled: the next start's scan finds these files
+                log.warning("pipeline: %d settled candidate(s) not journaled at shutdown (%s); the next start finds "
+                            "them", len(group), shown(str(exc)))
+
+    @property
+    def grouped(self) -> int:
+        """Candidates settled and about to be journaled (``Service.idle``)."""
+        return len(self._group)
 
     def step(self) -> None:
         nxt = self.settler.next_deadline()
+        if self._group:
+            flush_at = self._last_commit + self.group_window
+            nxt = flush_at if nxt is None else min(nxt, flush_at)
         timeout = 0.5 if nxt is None else min(0.5, max(0.0, nxt - time.monotonic()))
         try:
             ev: Event | None = self.events.get(timeout=timeout)
@@ -190,7 +216,7 @@ class Pipeline(threading.Thread):
                 ev = self.events.get_nowait()
             except queue.Empty:
                 break
-        due = self.settler.due()
+        due = self._gather(self.settler.due())
         if due:
             try:
                 self.commit(due)
@@ -202,11 +228,11 @@ class Pipeline(threading.Thread):
                     if not self.settler.settling(cand.key):
                         self.settler.hold(cand, self.fault_cap)
         if self._tries or self._waiting:  # journaled, or their files went away
-            self._tries = {k: n for k, n in self._tries.items() if self.settler.settling(k)}
-            self._waiting = {k for k in self._waiting if self.settler.settling(k)}
+            self._tries = {k: n for k, n in self._tries.items() if self._pending(k)}
+            self._waiting = {k for k in self._waiting if self._pending(k)}
         self.journal_waiting = len(self._waiting)
         if self._held:
-            for key in [k for k in self._held if not self.settler.settling(k)]:  # its files went away
+            for key in [k for k in self._held if not self._pending(k)]:  # its files went away
                 self._markers.discard(self._held.pop(key)["marker"])
             self.held_view = tuple({k: v for k, v in h.items() if k != "marker"} for h in self._held.values())
         else:
@@ -224,6 +250,27 @@ class Pipeline(threading.Thread):
                 self._unmatched_error = None
         if self._deferred and self.settler.pending_files <= self.max_settling // 2:
             self._release_deferred()
+
+    def _gather(self, due: list[Candidate]) -> list[Candidate]:
+        """Group commit: what to journal now. Candidates that just settled join the group; the
+        group goes once GROUP_WINDOW has passed since the last commit, once it is GROUP_SIZE
+        strong, or when the pipeline is stopping or paused."""
+        now = time.monotonic()
+        if due:
+            self._group.extend(due)
+            self._group_keys.update(c.key for c in due)
+        if not self._group:
+            return []
+        if (len(self._group) < GROUP_SIZE and now - self._last_commit < self.group_window
+                and self._flowing.is_set() and not self._halt.is_set()):
+            return []
+        out, self._group, self._group_keys = self._group, [], set()
+        self._last_commit = now
+        return out
+
+    def _pending(self, key: str) -> bool:
+        """The candidate is still ours to journal: settling, or settled and in the group."""
+        return self.settler.settling(key) or key in self._group_keys
 
     def handle(self, ev: Event) -> None:
         r = self.roots.get(ev.root)

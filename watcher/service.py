@@ -316,7 +316,7 @@ class Service:
     def idle(self) -> bool:
         """Nothing left to do now: no scan running, no event queued, no candidate settling,
         nothing due in the journal, no publish in flight."""
-        if not self.scanner.idle() or self.queue.unfinished_tasks or len(self.settler):
+        if not self.scanner.idle() or self.queue.unfinished_tasks or len(self.settler) or self.pipeline.grouped:
             return False
         if self.publishers.busy:
             return False
