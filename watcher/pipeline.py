@@ -268,6 +268,16 @@ class Pipeline(threading.Thread):
         self._last_commit = now
         return out
 
+    def _ungroup(self, key: str) -> None:
+        """Give a grouped candidate back to the settler: news of one of its files arrived before
+        the group was journaled, so it settles again with that file."""
+        for i, cand in enumerate(self._group):
+            if cand.key == key:
+                del self._group[i]
+                self._group_keys.discard(key)
+                self.settler.hold(cand, 0.0)
+                return
+
     def _pending(self, key: str) -> bool:
         """The candidate is still ours to journal: settling, or settled and in the group."""
         return self.settler.settling(key) or key in self._group_keys
@@ -376,6 +386,8 @@ class Pipeline(threading.Thread):
         if self.settler.pending_files >= self.max_settling and not self.settler.settling(key):
             self._defer(r, path)
             return
+        if key in self._group_keys:  # settled and about to be journaled: it takes this file instead of a second
+            self._ungroup(key)        # candidate starting beside it (a sequence is never split)
         windows, signals = r.completion_for(m.template)
         self.settler.offer(key, r.scope, m, windows, path, kind, synthetic=synthetic, st=st, signals=signals)
 
