@@ -183,6 +183,20 @@ def test_observer_auto_polls_a_network_root_and_watches_a_local_one_natively(tmp
         wait_for(lambda: [r for r in published(s) if r.publish.root == "filer"], 20)
 
 
+def test_a_native_network_root_watched_by_one_agent_is_warned_about(tmp_path, monkeypatch):
+    """`observer: native` on a network share sees only this machine's writes: one agent watching
+    it for all (`watched_by: one`) would miss the others', so start-up says what to set."""
+    filer, other = tmp_path / "filer", tmp_path / "filer2"
+    filer.mkdir()
+    other.mkdir()
+    network_at(monkeypatch, tmp_path, filer, other)
+    cfg = write_config(tmp_path, [{"name": "one", "path": str(filer), "observer": "native"},
+                                  {"name": "every", "path": str(other), "observer": "native", "watched_by": "every"}])
+    by = {r.name: r for r in load_settings(cfg).roots}
+    assert "set `watched_by: every`" in (by["one"].watch_note or "")
+    assert by["every"].watch_note is None
+
+
 def test_a_sqlite_journal_on_a_network_file_system_is_refused(tmp_path, monkeypatch, capsys, restore_logging):
     (tmp_path / "shows").mkdir()
     (tmp_path / "state").mkdir()

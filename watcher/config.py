@@ -91,6 +91,7 @@ class RootSettings(BaseModel):
     on_publish: list[str] = Field(default_factory=list)  # webhook URLs, added to the global ones
     _os_paths: OSPaths | None = PrivateAttr(default=None)  # the per-OS mapping, when the file gave one
     _observer_note: str | None = PrivateAttr(default=None)  # why `auto` chose what it chose (logged at load)
+    _watch_note: str | None = PrivateAttr(default=None)  # a native network root one agent watches for all (warned)
 
     @field_validator("on_publish")
     @classmethod
@@ -138,6 +139,11 @@ class RootSettings(BaseModel):
         return OSPaths(shared=str(self.path))
 
     @property
+    def watch_note(self) -> str | None:
+        """Why ``watched_by: one`` may miss files on this root (None: it will not), for the log."""
+        return self._watch_note
+
+    @property
     def observer_note(self) -> str | None:
         """What ``observer: auto`` chose and why (None: not decided by auto), for the log."""
         return self._observer_note
@@ -148,6 +154,13 @@ def resolve_observer(root: RootSettings, probe: Callable[[str], paths.Filesystem
     machines' writes there) and ``native`` elsewhere; the choice, naming the file system type,
     is kept in ``observer_note`` for the log."""
     if root.observer != Observer.AUTO.value:
+        if root.observer == Observer.NATIVE.value and root.watched_by == "one" and root._watch_note is None:
+            fs = probe(str(root.path))
+            if fs.network:  # native events there are this machine's writes only
+                root._watch_note = (
+                    f"root {root.name}: watched natively on a network file system ({fs.fstype}), where each machine "
+                    "sees only its own writes; if several agents share this root, set `watched_by: every` on it (or "
+                    "let `observer: auto` poll it), or the one agent that watches it misses the others' files")
         return
     fs = probe(str(root.path))
     if fs.network:

@@ -227,6 +227,8 @@ def load_roots(settings: Settings, *, log_warnings: bool = True) -> list[RootRun
         resolve_observer(rc)  # `auto` decided once (load_settings did it for a configuration file)
         if log_warnings and rc.observer_note:  # a network root polled is news; a local one watched natively is not
             log.log(logging.INFO if rc.observer == "polling" else logging.DEBUG, "%s", rc.observer_note)
+        if log_warnings and rc.watch_note:
+            log.warning("%s", rc.watch_note)
         settle, seq = settings.settle_for(rc)
         root = RootPath.probed(str(rc.path))  # the spelling as configured: `P:\\` keeps its separator
         path = root.spelling
