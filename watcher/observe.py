@@ -271,21 +271,17 @@ def _inotify(root: str, on_lost: OnLost) -> tuple[Callable[[], BaseObserver], Re
         # order, and the Translator still sees every event on one thread.
         direct: "Translator | None" = None
 
+        _types: tuple[type, ...] = ()  # the event filter as isinstance() takes it (set as the thread starts)
+
         def queue_event(self, event: Any) -> None:
             direct = self.direct
             if direct is None:
                 super().queue_event(event)
-            elif self._event_filter is None or isinstance(event, self._filter_types):
+            elif self._event_filter is None or isinstance(event, self._types):
                 direct.dispatch(event)
 
-        @property
-        def _filter_types(self) -> tuple[type, ...]:
-            types = self.__dict__.get("_types")
-            if types is None:
-                types = self.__dict__["_types"] = tuple(self._event_filter or ())
-            return types
-
         def on_thread_start(self) -> None:
+            self._types = tuple(self._event_filter or ())
             super().on_thread_start()
             group = getattr(self, "_inotify", None)
             if hooked and group is not None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import threading
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable, Iterable, Protocol, TypeVar
 
@@ -46,6 +46,16 @@ class Cursor(Protocol):
     def executemany(self, sql: str, params: Iterable[Any]) -> Any: ...
 
 
+def values_rows(types: tuple[str, ...], rows: list[tuple[Any, ...]]) -> tuple[str, list[Any]]:
+    """``(VALUES (?,..),..) AS v``: SQLite names its columns column1..N."""
+    one = "(" + ",".join("?" * len(types)) + ")"
+    return f"(VALUES {','.join([one] * len(rows))}) AS v", [x for row in rows for x in row]
+
+
+def in_list(column: str, values: list[Any]) -> tuple[str, list[Any]]:
+    return f"{column} IN ({','.join('?' * len(values))})", list(values)
+
+
 @dataclass(frozen=True)
 class Dialect:
     """The few things SQL spells differently per database."""
@@ -62,18 +72,12 @@ class Dialect:
     # ``any_of(column, values)`` is (a condition, its parameters). SQLite spells them as VALUES
     # and IN lists; PostgreSQL as arrays (unnest, = ANY), so that a batch is a handful of
     # parameters and one short statement that the driver and the server parse once.
-    rows: Callable[[tuple[str, ...], list[tuple[Any, ...]]], tuple[str, list[Any]]] = field(default=None)  # type: ignore[assignment]
-    any_of: Callable[[str, list[Any]], tuple[str, list[Any]]] = field(default=None)  # type: ignore[assignment]
+    rows: Callable[[tuple[str, ...], list[tuple[Any, ...]]], tuple[str, list[Any]]] = values_rows
+    any_of: Callable[[str, list[Any]], tuple[str, list[Any]]] = in_list
     rows_per_statement: int = 200  # SQLite: bounded by its parameter limit
     # ``column`` among the first column of a CTE's rows, spelled so that the planner looks the
     # rows up by index (PostgreSQL otherwise hash-joins a whole table to a batch it cannot size)
     in_cte: Callable[[str, str, str], str] = lambda column, cte, of: f"{column} IN (SELECT {of} FROM {cte})"
-
-    def __post_init__(self) -> None:
-        if self.rows is None:
-            object.__setattr__(self, "rows", values_rows)
-        if self.any_of is None:
-            object.__setattr__(self, "any_of", in_list)
 
     def ddl(self, template: str) -> list[str]:
         statuses = ", ".join(f"'{s.value}'" for s in Status)
@@ -81,16 +85,6 @@ class Dialect:
         types = {k: v.replace("{statuses}", statuses) for k, v in self.types.items()}
         text = template.format(statuses=statuses, **types)
         return [s.strip() for s in text.split(";") if s.strip()]
-
-
-def values_rows(types: tuple[str, ...], rows: list[tuple[Any, ...]]) -> tuple[str, list[Any]]:
-    """``(VALUES (?,..),..) AS v``: SQLite names its columns column1..N."""
-    one = "(" + ",".join("?" * len(types)) + ")"
-    return f"(VALUES {','.join([one] * len(rows))}) AS v", [x for row in rows for x in row]
-
-
-def in_list(column: str, values: list[Any]) -> tuple[str, list[Any]]:
-    return f"{column} IN ({','.join('?' * len(values))})", list(values)
 
 
 def insert_rows(cur: Cursor, dialect: Dialect, head: str, types: tuple[str, ...], rows: list[tuple[Any, ...]],
