@@ -564,8 +564,8 @@ def test_watches_one_agent_per_root_taken_over_when_its_agent_is_gone(journal):
     assert journal.watches() == {"plates": "B"}
     journal.heartbeat("B", "h", 2, 1.0, ["shows", "plates"])
     assert journal.take_watches("B", ["shows", "plates"], 30, everyone_alive) == {"shows": "B", "plates": "B"}
-    by_agent = {a["agent"]: a["watching"] for a in journal.agents()}
-    assert by_agent == {"A": [], "B": ["plates", "shows"]}
+    by_agent = {a["agent"]: (a["watching"], a["live"]) for a in journal.agents(30)}
+    assert by_agent == {"A": ([], False), "B": (["plates", "shows"], True)}  # A stopped
 
 
 def test_pg_watches_two_agents_racing_for_a_free_root_one_wins(pg_url):

@@ -940,12 +940,10 @@ def cmd_agents(args: argparse.Namespace) -> int:
     settings = _settings(args, check_paths=False)
     j = _journal(settings)
     try:
-        found = j.agents()
+        found = j.agents(settings.agent_timeout_seconds)
     finally:
         j.close()
     now = time.time()
-    for a in found:  # live: not stopped, and heard from within three heartbeats
-        a["live"] = a["stopped_at"] is None and now - a["heartbeat_at"] < settings.agent_timeout_seconds
     shown = found if args.all else [a for a in found if a["live"]]
     if args.json:
         print(json.dumps(shown, indent=2))

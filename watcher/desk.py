@@ -244,11 +244,10 @@ class DeskApp:
         db = self.journal.db
         today = db.read(lambda c: c.execute("SELECT COUNT(*) FROM publishes WHERE status=? AND published_at>=?",
                                             (Status.PUBLISHED.value, midnight)).fetchone()[0])
-        live = now - self.settings.agent_timeout_seconds
         agents = [f"{a['agent']} ({', '.join(a['roots']) or 'no roots'}"
                   + (f"; the one watching {', '.join(a['watching'])}" if a["watching"] else "")
                   + f"; publishing {a['publishing']})"
-                  for a in self.journal.agents() if a["stopped_at"] is None and a["heartbeat_at"] >= live]
+                  for a in self.journal.agents(self.settings.agent_timeout_seconds) if a["live"]]
         needle = q.lower()
         keep = (lambda r: needle in _haystack(r)) if needle else (lambda r: True)
         recent = self.journal.newest(limit=150, keep=keep, since=now - SEARCH_DAYS * 86400 if needle else None)

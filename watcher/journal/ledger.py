@@ -882,8 +882,11 @@ class Journal:
         """Root -> the agent that watches it (``watched_by: one``)."""
         return dict(self.db.read(lambda cur: cur.execute("SELECT root, agent FROM watches").fetchall()))
 
-    def agents(self) -> list[dict[str, Any]]:
-        """Every agent that has spoken, newest heartbeat first, with what it holds now."""
+    def agents(self, timeout: float) -> list[dict[str, Any]]:
+        """Every agent that has spoken, newest heartbeat first, with what it holds now; ``live``:
+        not stopped, and heard from within ``timeout`` seconds (``agent_timeout_seconds``)."""
+        now = self._clock()
+
         def run(cur: Cursor) -> list[dict[str, Any]]:
             held = dict(cur.execute("SELECT agent, COUNT(*) FROM publishes WHERE status=? GROUP BY agent",
                                     (Status.PUBLISHING.value,)).fetchall())
@@ -892,7 +895,7 @@ class Journal:
                 watching.setdefault(who, []).append(root)
             return [{"agent": a, "host": h, "pid": pid, "started_at": st, "roots": json.loads(roots),
                      "watching": watching.get(a, []), "heartbeat_at": hb, "stopped_at": stop,
-                     "publishing": held.get(a, 0)}
+                     "publishing": held.get(a, 0), "live": stop is None and now - hb < timeout}
                     for a, h, pid, st, roots, hb, stop in cur.execute(
                         "SELECT agent, host, pid, started_at, roots, heartbeat_at, stopped_at FROM agents "
                         "ORDER BY heartbeat_at DESC").fetchall()]
