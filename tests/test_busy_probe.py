@@ -23,9 +23,7 @@ import subprocess
 import sys
 import time
 import types
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import psutil
 import pytest
@@ -43,6 +41,7 @@ from watcher.publish.tracker import UnsafeFile, open_regular, read_error
 from watcher.settle import BUSY_RECHECK, PROBED_FRESH, Settler
 
 from .agent import rows, running, settings, wait_for
+from .test_settle import M
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -320,30 +319,6 @@ def test_open_files_probe_folds_case_where_the_volume_does(tmp_path):
 
 
 # ---- the settler asks at each deadline, the pipeline again as it journals ------------------------
-
-@dataclass(frozen=True)
-class Spec:
-    entity_type: str = "Shot"
-    entity_name: str = "sh010"
-    task: str = "comp"
-    name: str = "main"
-    version: int = 1
-    publish_type: str = "Nuke Script"
-    project: str | None = None
-    review: bool = False
-
-
-@dataclass(frozen=True)
-class M:
-    """The fields of watcher.match.Match that grouping and settling read."""
-    template: str
-    fields: dict[str, Any]
-    frame_key: str | None = None
-    frame: int | None = None
-    padding: int = 0
-    pattern: str = "a.nk"
-    publish: Spec = field(default_factory=Spec)
-
 
 class ScriptedProbe:
     """Answers ``busy`` from ``answer`` (None: cannot tell) and counts the questions."""

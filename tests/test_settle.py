@@ -27,13 +27,13 @@ class Spec:
 
 @dataclass(frozen=True)
 class M:
-    """The fields of watcher.match.Match that group/settle read."""
+    """The fields of watcher.match.Match that group/settle read (defaults: a single file)."""
     template: str
     fields: dict[str, Any]
-    frame_key: str | None
-    frame: int | None
-    padding: int
-    pattern: str
+    frame_key: str | None = None
+    frame: int | None = None
+    padding: int = 0
+    pattern: str = "a.nk"
     publish: Spec = field(default_factory=Spec)
 
 
