@@ -199,18 +199,11 @@ class Supervisor(threading.Thread):
                 self._stop_observer(r)
 
     def run(self) -> None:
-        next_full = self._next_full
         while not self._halt.wait(CHECK_INTERVAL):
-            interval = self.rescan_interval  # a reload may change it
             with self._lock:
                 if self._stopped:
                     return
-                for r in list(self.roots.values()):
-                    next_full.setdefault(r.name, time.monotonic() + interval * random.uniform(0.75, 1.25))
-                    try:
-                        self._check_root(r, next_full, interval)
-                    except Exception:
-                        log.exception("root %s: supervisor check failed", r.name)
+                self._check_all()
             self.write_status()
             self.last_check = time.monotonic()
 
@@ -239,14 +232,18 @@ class Supervisor(threading.Thread):
     def check_now(self) -> None:
         """Look at every root at once (the heartbeat found that who watches what changed)."""
         with self._lock:
-            if self._stopped or not (self.is_alive() or self._started_observers):
-                return
-            for r in list(self.roots.values()):
-                self._next_full.setdefault(r.name, time.monotonic() + self.rescan_interval * random.uniform(0.75, 1.25))
-                try:
-                    self._check_root(r, self._next_full, self.rescan_interval)
-                except Exception:
-                    log.exception("root %s: supervisor check failed", r.name)
+            if not self._stopped and (self.is_alive() or self._started_observers):
+                self._check_all()
+
+    def _check_all(self) -> None:
+        """One check of every root (under ``_lock``)."""
+        interval = self.rescan_interval  # a reload may change it
+        for r in list(self.roots.values()):
+            self._next_full.setdefault(r.name, time.monotonic() + interval * random.uniform(0.75, 1.25))
+            try:
+                self._check_root(r, self._next_full, interval)
+            except Exception:
+                log.exception("root %s: supervisor check failed", r.name)
 
     def _check_root(self, r: RootRuntime, next_full: dict[str, float], interval: float) -> None:
         w = self.watching.setdefault(r.name, Watching())
