@@ -207,7 +207,7 @@ def test_failed_publish_shows_the_trackers_words_and_retry_publishes_it(tmp_path
         fake.add("Task", content="comp", project=fake.site["project"], entity=shot, step=fake.site["step_comp"])
         for r in failed:
             click(browser, f'#failed tr[data-id="{r.id}"] button.retry')
-            wait_for(lambda: f"Re-queued publish {r.id}" in browser.find_element(By.TAG_NAME, "body").text, 10)
+            wait_for(lambda: f"Re-queued publish {r.id}" in text(browser, "body"), 10)
         wait_for(lambda: len(rows(s, Status.PUBLISHED)) == 3, 30)
         wait_for(lambda: "Nothing failed" in text(browser, "#failed"), 10)  # the page refreshed itself
         for r in failed:
